@@ -1,0 +1,47 @@
+"""keras-contrastive: contrastive metric learning for Keras 3.
+
+The `keras.ops` parts (`distances`, `layers`, `losses`, `mining`) import
+under any Keras backend. The parts whose job is TensorFlow's (`data`,
+`datasets`, `distribute`, and what builds on them) are imported on first
+use and need TensorFlow: ``pip install "keras-contrastive[cpu]"`` (or
+``[tensorflow]``, ``[gpu]``, ``[tpu]``).
+"""
+
+import importlib
+
+from keras_contrastive import distances, layers, losses
+from keras_contrastive.layers import PairDistance, ProjectionHead
+from keras_contrastive.losses import ContrastiveLoss, contrastive_loss
+
+__version__ = "0.1.0"
+
+_LAZY_MODULES = (
+    "mining",
+    "data",
+    "datasets",
+    "models",
+    "evaluation",
+    "distribute",
+    "visualization",
+    "cli",
+)
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"keras_contrastive.{name}")
+    raise AttributeError(
+        f"module 'keras_contrastive' has no attribute '{name}'"
+    )
+
+
+__all__ = [
+    "ContrastiveLoss",
+    "PairDistance",
+    "ProjectionHead",
+    "contrastive_loss",
+    "distances",
+    "layers",
+    "losses",
+    "__version__",
+]
