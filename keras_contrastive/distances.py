@@ -15,7 +15,6 @@ distances: 0 for identical inputs, larger for less similar ones.
 from typing import Callable, Optional, Union
 
 import keras
-import numpy as np
 from keras import ops
 
 # Squared distances at or below this value are treated as exactly zero before

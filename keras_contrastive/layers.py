@@ -118,8 +118,12 @@ class ProjectionHead(keras.layers.Layer):
         )
         self.normalize = bool(normalize)
         self.hidden_layers = [
-            keras.layers.Dense(units, activation=activation, dtype=self.dtype_policy,
-                               name=f"hidden_{i}")
+            keras.layers.Dense(
+                units,
+                activation=activation,
+                dtype=self.dtype_policy,
+                name=f"hidden_{i}",
+            )
             for i, units in enumerate(hidden_units)
         ]
         self.output_layer = keras.layers.Dense(
