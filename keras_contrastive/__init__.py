@@ -9,6 +9,19 @@ use and need TensorFlow: ``pip install "keras-contrastive[cpu]"`` (or
 
 import importlib
 
+try:
+    import keras  # noqa: F401
+except ImportError as error:  # pragma: no cover - exercised in a subprocess
+    raise ImportError(
+        "keras-contrastive needs Keras with a working backend, and Keras's "
+        "default backend is TensorFlow. Install TensorFlow with the extra "
+        'for your hardware: pip install "keras-contrastive[cpu]" (CPU '
+        'only), "keras-contrastive[gpu]" (NVIDIA GPUs) or '
+        '"keras-contrastive[tensorflow]"; or select another installed '
+        "backend with KERAS_BACKEND=jax (the losses, layers, distances and "
+        f"miners work under any backend). Original error: {error}"
+    ) from error
+
 from keras_contrastive import distances, layers, losses
 from keras_contrastive.layers import PairDistance, ProjectionHead
 from keras_contrastive.losses import ContrastiveLoss, contrastive_loss
