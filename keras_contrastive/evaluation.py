@@ -1,0 +1,550 @@
+"""Evaluation of embeddings: pair verification, retrieval, few-shot.
+
+Numpy only (no Keras, no scikit-learn), and memory-bounded: retrieval
+computes distances one block of queries at a time, so 60,000 embeddings
+never build a 60,000 x 60,000 matrix.
+
+* `verification_metrics`: is this pair the same class? ROC-AUC, equal
+  error rate, best threshold and the accuracy at it.
+* `retrieval_metrics`: do the nearest neighbours share the query's class?
+  recall@k, precision@1, R-precision and MAP@R, as PyTorch Metric
+  Learning's ``AccuracyCalculator`` defines them.
+* `few_shot_accuracy`: N-way K-shot classification by the nearest support
+  example, averaged over random episodes, with a 95% confidence interval.
+"""
+
+import numbers
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+_METRICS = ("euclidean", "squared_euclidean", "cosine")
+# Distance blocks hold about this many float64 values (64 MiB).
+_BLOCK_VALUES = 1 << 23
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _check_metric(metric) -> str:
+    if metric not in _METRICS:
+        raise ValueError(
+            f"Unknown `metric`: {metric!r}. Valid names are {list(_METRICS)}."
+        )
+    return metric
+
+
+def _as_vector(name: str, values) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise ValueError(
+            f"`{name}` must have shape [N] or [N, 1]. "
+            f"Received: {name}.shape={array.shape}"
+        )
+    return array
+
+
+def check_pairs(
+    distances, pair_labels, similar_label: int = 0
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Validate pair distances and labels; return ``(distances, similar)``.
+
+    Args:
+        distances: `[N]` or `[N, 1]` finite distances.
+        pair_labels: `[N]` or `[N, 1]` labels in {0, 1}; ``0`` = similar
+            unless ``similar_label=1``.
+        similar_label: the label of a similar pair, 0 or 1.
+
+    Returns:
+        float64 distances `[N]` and a boolean mask `[N]` of similar pairs.
+    """
+    if similar_label not in (0, 1) or isinstance(similar_label, float):
+        raise ValueError(
+            "`similar_label` must be 0 or 1. "
+            f"Received: similar_label={similar_label!r}"
+        )
+    distances = _as_vector("distances", distances).astype(np.float64)
+    labels = _as_vector("pair_labels", pair_labels)
+    if len(distances) != len(labels):
+        raise ValueError(
+            "`distances` and `pair_labels` must have the same length. "
+            f"Received: {len(distances)} distances and {len(labels)} labels"
+        )
+    if not np.all(np.isfinite(distances)):
+        raise ValueError(
+            "`distances` must be finite. Received "
+            f"{int(np.sum(~np.isfinite(distances)))} NaN or infinite values"
+        )
+    bad = labels[(labels != 0) & (labels != 1)]
+    if bad.size:
+        raise ValueError(
+            "`pair_labels` must be 0 or 1 (0 = similar unless "
+            f"similar_label=1). Received values such as "
+            f"{np.unique(bad)[:5].tolist()}"
+        )
+    return distances, labels == similar_label
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values`, ties sharing their average rank."""
+    _, inverse, counts = np.unique(
+        values, return_inverse=True, return_counts=True
+    )
+    last = np.cumsum(counts)
+    return (last - (counts - 1) / 2.0)[inverse]
+
+
+def verification_metrics(
+    distances,
+    pair_labels,
+    *,
+    similar_label: int = 0,
+    threshold: Optional[float] = None,
+) -> Dict[str, float]:
+    """How well distances separate similar from dissimilar pairs.
+
+    A pair is predicted similar when ``distance <= threshold``.
+
+    * ``roc_auc``: probability that a random dissimilar pair is farther
+      apart than a random similar pair (ties count 1/2), from the
+      Mann-Whitney U statistic on ranks:
+      ``AUC = (R_dis - n_dis (n_dis + 1) / 2) / (n_sim n_dis)``, with
+      ``R_dis`` the sum of the ranks of the dissimilar distances among all
+      (ties get their average rank). Same value as
+      ``sklearn.metrics.roc_auc_score(similar, -distances)``.
+    * ``eer``: equal error rate, where the false accept rate (dissimilar
+      pairs within the threshold) equals the false reject rate (similar
+      pairs beyond it), linearly interpolated on the ROC curve;
+      ``eer_threshold`` is the distance there.
+    * ``threshold``, ``accuracy``: the threshold that maximises
+      ``(TP + TN) / N`` (midway between the two neighbouring distances)
+      and that accuracy, unless `threshold` is given; ``balanced_accuracy``
+      ``= (TPR + TNR) / 2`` at the same threshold. The best threshold is
+      chosen on these very pairs, so it is optimistic: choose it on
+      validation pairs and pass it as `threshold` for an honest test.
+
+    Args:
+        distances: `[N]` or `[N, 1]` distances (smaller = more similar),
+            e.g. the output of `keras_contrastive.models.SiameseModel`.
+        pair_labels: `[N]` or `[N, 1]` labels in {0, 1}. ``0`` = similar
+            pair unless ``similar_label=1``.
+        similar_label: the label value of a similar pair, 0 or 1.
+        threshold: evaluate accuracy at this distance instead of the best.
+
+    Returns:
+        dict with ``roc_auc``, ``eer``, ``eer_threshold``, ``threshold``,
+        ``accuracy``, ``balanced_accuracy``, ``true_positive_rate``,
+        ``true_negative_rate``, ``num_pairs``, ``num_similar``,
+        ``num_dissimilar`` (Python floats and ints).
+
+    Raises:
+        ValueError: mismatched lengths, non-finite distances, labels
+            outside {0, 1}, or only one kind of pair.
+
+    Example:
+    >>> from keras_contrastive.evaluation import verification_metrics
+    >>> verification_metrics([0.1, 0.3, 0.8, 0.9], [0, 0, 1, 1])["roc_auc"]
+    1.0
+
+    Reference:
+        Fawcett. An introduction to ROC analysis. Pattern Recognition
+        Letters 27, 2006.
+    """
+    distances, similar = check_pairs(distances, pair_labels, similar_label)
+    num_similar = int(similar.sum())
+    num_dissimilar = int(len(similar) - num_similar)
+    if num_similar == 0 or num_dissimilar == 0:
+        raise ValueError(
+            "`pair_labels` must contain both similar and dissimilar pairs. "
+            f"Received {num_similar} similar and {num_dissimilar} "
+            f"dissimilar pairs (similar_label={similar_label})"
+        )
+    ranks = _average_ranks(distances)
+    rank_sum = ranks[~similar].sum()
+    auc = (rank_sum - num_dissimilar * (num_dissimilar + 1) / 2.0) / (
+        num_similar * num_dissimilar
+    )
+
+    # Operating points "similar iff d <= u_i" for every distinct distance,
+    # preceded by "nothing is similar".
+    unique, inverse = np.unique(distances, return_inverse=True)
+    similar_at = np.bincount(inverse, weights=similar, minlength=len(unique))
+    tp = np.concatenate([[0.0], np.cumsum(similar_at)])
+    fp = np.concatenate([[0.0], np.cumsum(np.bincount(inverse) - similar_at)])
+    tpr = tp / num_similar
+    fpr = fp / num_dissimilar
+    cuts = np.concatenate(
+        [[np.nextafter(unique[0], -np.inf)], (unique[:-1] + unique[1:]) / 2,
+         [unique[-1]]]
+    )
+
+    gap = (1.0 - tpr) - fpr  # false reject - false accept: 1 ... -1
+    i = int(np.argmax(gap <= 0))
+    step = gap[i - 1] - gap[i]
+    alpha = gap[i - 1] / step if step > 0 else 0.0
+    eer = fpr[i - 1] + alpha * (fpr[i] - fpr[i - 1])
+    low = unique[i - 2] if i >= 2 else unique[0]
+    eer_threshold = low + alpha * (unique[i - 1] - low)
+
+    if threshold is None:
+        correct = tp + (num_dissimilar - fp)
+        best = int(np.argmax(correct))
+        threshold = float(cuts[best])
+        tp_t, fp_t = tp[best], fp[best]
+    else:
+        if isinstance(threshold, bool) or not isinstance(
+            threshold, numbers.Real
+        ):
+            raise TypeError(
+                f"`threshold` must be a number. Received: threshold="
+                f"{threshold!r}"
+            )
+        threshold = float(threshold)
+        within = distances <= threshold
+        tp_t = float(np.sum(within & similar))
+        fp_t = float(np.sum(within & ~similar))
+    true_positive_rate = tp_t / num_similar
+    true_negative_rate = 1.0 - fp_t / num_dissimilar
+    return {
+        "roc_auc": float(auc),
+        "eer": float(eer),
+        "eer_threshold": float(eer_threshold),
+        "threshold": threshold,
+        "accuracy": float((tp_t + num_dissimilar - fp_t) / len(distances)),
+        "balanced_accuracy": float(
+            (true_positive_rate + true_negative_rate) / 2
+        ),
+        "true_positive_rate": float(true_positive_rate),
+        "true_negative_rate": float(true_negative_rate),
+        "num_pairs": int(len(distances)),
+        "num_similar": num_similar,
+        "num_dissimilar": num_dissimilar,
+    }
+
+
+def _check_embeddings(name, embeddings, labels_name, labels):
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+        raise ValueError(
+            f"`{name}` must have shape [N, D] with N >= 1. "
+            f"Received: {name}.shape={embeddings.shape}"
+        )
+    labels = _as_vector(labels_name, labels)
+    if len(labels) != len(embeddings):
+        raise ValueError(
+            f"`{name}` and `{labels_name}` must have the same length. "
+            f"Received: {len(embeddings)} embeddings and {len(labels)} labels"
+        )
+    if not np.all(np.isfinite(embeddings)):
+        raise ValueError(f"`{name}` must be finite (no NaN or inf).")
+    return embeddings, labels
+
+
+def _distance_block(queries, reference, reference_norms, metric):
+    """Distances `[B, M]` from a block of queries to every reference."""
+    if metric == "cosine":
+        return 1.0 - queries @ reference.T
+    squared = (
+        np.sum(queries**2, axis=1)[:, None]
+        + reference_norms[None, :]
+        - 2.0 * queries @ reference.T
+    )
+    np.maximum(squared, 0.0, out=squared)
+    return np.sqrt(squared) if metric == "euclidean" else squared
+
+
+def _unit_rows(x):
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def retrieval_metrics(
+    embeddings,
+    labels,
+    *,
+    k: Union[int, Sequence[int]] = (1, 5, 10),
+    metric: str = "euclidean",
+    reference=None,
+    chunk_size: Optional[int] = None,
+) -> Dict[str, float]:
+    """Nearest-neighbour retrieval quality, as in PyTorch Metric Learning.
+
+    Each embedding is a query; its neighbours are ranked by distance among
+    the other embeddings (the query itself is excluded), or among
+    ``reference = (ref_embeddings, ref_labels)`` when given (then nothing is
+    excluded). A neighbour is relevant when it has the query's label. ``R``
+    is the number of relevant references of a query; queries with ``R = 0``
+    (their class has no other example) are left out of every metric and
+    counted in ``num_lone_queries``. Averages are over queries:
+
+    * ``recall_at_k``: 1 if any of the `k` nearest is relevant, else 0
+      (`k` is capped at the number of references);
+    * ``precision_at_1``: the nearest neighbour is relevant;
+    * ``r_precision``: ``(relevant among the R nearest) / R``;
+    * ``map_at_r``: ``(1/R) sum_{i<=R} P(i) rel(i)``, with ``rel(i)`` 1
+      when the i-th nearest is relevant and ``P(i)`` the precision of the
+      i nearest (Musgrave et al. 2020).
+
+    Exact ties in distance are broken arbitrarily, as in any
+    nearest-neighbour search. Unlike PyTorch Metric Learning with faiss,
+    ``R`` is not capped at 1023.
+
+    Args:
+        embeddings: query embeddings `[N, D]`.
+        labels: class labels `[N]` (any comparable dtype).
+        k: the `k` of recall@k, an int or a sequence of ints.
+        metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+        reference: None, or a pair ``(ref_embeddings [M, D],
+            ref_labels [M])`` searched instead of the queries themselves.
+        chunk_size: queries per distance block (default: about 8M
+            distances per block, 64 MiB).
+
+    Returns:
+        dict with ``recall_at_{k}`` for each `k`, ``precision_at_1``,
+        ``r_precision``, ``map_at_r``, ``num_queries``, ``num_lone_queries``.
+
+    Example:
+    >>> import numpy as np
+    >>> from keras_contrastive.evaluation import retrieval_metrics
+    >>> x = np.array([[0.0], [0.1], [5.0], [5.1]])
+    >>> retrieval_metrics(x, [0, 0, 1, 1], k=1)["map_at_r"]
+    1.0
+
+    Reference:
+        Musgrave, Belongie, Lim. A Metric Learning Reality Check.
+        ECCV 2020.
+    """
+    queries, labels = _check_embeddings("embeddings", embeddings, "labels",
+                                        labels)
+    metric = _check_metric(metric)
+    ks = (k,) if isinstance(k, numbers.Integral) else tuple(k)
+    if not ks:
+        raise ValueError(f"`k` must not be empty. Received: k={k!r}")
+    ks = tuple(_check_int("k", value) for value in ks)
+    same_source = reference is None
+    if same_source:
+        ref, ref_labels = queries, labels
+    else:
+        if not isinstance(reference, (tuple, list)) or len(reference) != 2:
+            raise ValueError(
+                "`reference` must be None or a pair (ref_embeddings, "
+                f"ref_labels). Received: {type(reference).__name__}"
+            )
+        ref, ref_labels = _check_embeddings(
+            "reference[0]", reference[0], "reference[1]", reference[1]
+        )
+        if ref.shape[1] != queries.shape[1]:
+            raise ValueError(
+                "`reference` embeddings must have the same size D as "
+                f"`embeddings`. Received: D={ref.shape[1]} and "
+                f"D={queries.shape[1]}"
+            )
+    if metric == "cosine":
+        queries, ref = _unit_rows(queries), _unit_rows(ref)
+    num_ref = len(ref) - (1 if same_source else 0)
+    if chunk_size is None:
+        chunk_size = max(1, _BLOCK_VALUES // max(len(ref), 1))
+    chunk_size = _check_int("chunk_size", chunk_size)
+
+    # R per query: references with the same label, minus the query itself.
+    classes, ref_counts = np.unique(ref_labels, return_counts=True)
+    position = np.searchsorted(classes, labels)
+    position = np.minimum(position, len(classes) - 1)
+    found = classes[position] == labels
+    relevant_counts = np.where(found, ref_counts[position], 0)
+    if same_source:
+        relevant_counts = relevant_counts - 1
+    keep = relevant_counts > 0
+    depth = min(num_ref, max(max(ks), int(relevant_counts.max(initial=0))))
+    ref_norms = np.sum(ref**2, axis=1)
+
+    hits_at = {value: 0.0 for value in ks}
+    precision_at_1 = r_precision = map_at_r = 0.0
+    for start in range(0, len(queries), chunk_size):
+        stop = min(start + chunk_size, len(queries))
+        rows = np.arange(start, stop)[keep[start:stop]]
+        if not len(rows) or depth == 0:
+            continue
+        # A score with the order of the distance along each row: the
+        # query's own norm and the square root do not change the ranking.
+        block = queries[rows] @ ref.T
+        if metric == "cosine":
+            np.negative(block, out=block)
+        else:
+            block *= -2.0
+            block += ref_norms[None, :]
+        if same_source:
+            block[np.arange(len(rows)), rows] = np.inf
+        if depth < block.shape[1]:
+            nearest = np.argpartition(block, depth - 1, axis=1)[:, :depth]
+            order = np.argsort(np.take_along_axis(block, nearest, axis=1),
+                               axis=1)
+            nearest = np.take_along_axis(nearest, order, axis=1)
+        else:
+            nearest = np.argsort(block, axis=1)[:, :depth]
+        relevant = ref_labels[nearest] == labels[rows][:, None]
+        r = relevant_counts[rows]
+        cumulative = np.cumsum(relevant, axis=1)
+        within_r = np.arange(1, depth + 1)[None, :] <= r[:, None]
+        for value in ks:
+            hits_at[value] += np.sum(relevant[:, : min(value, depth)].any(1))
+        precision_at_1 += np.sum(relevant[:, 0])
+        r_precision += np.sum(np.sum(relevant & within_r, axis=1) / r)
+        precision = cumulative / np.arange(1, depth + 1)[None, :]
+        map_at_r += np.sum(
+            np.sum(precision * (relevant & within_r), axis=1) / r
+        )
+
+    count = int(keep.sum())
+    scale = 1.0 / count if count else 0.0
+    result = {f"recall_at_{value}": float(hits_at[value] * scale)
+              for value in ks}
+    result.update(
+        {
+            "precision_at_1": float(precision_at_1 * scale),
+            "r_precision": float(r_precision * scale),
+            "map_at_r": float(map_at_r * scale),
+            "num_queries": count,
+            "num_lone_queries": int(len(queries) - count),
+        }
+    )
+    return result
+
+
+def few_shot_accuracy(
+    embeddings,
+    labels,
+    *,
+    ways: int = 20,
+    shots: int = 1,
+    queries_per_class: int = 1,
+    episodes: int = 600,
+    seed: int = 0,
+    metric: str = "euclidean",
+    classifier: str = "nearest",
+) -> Dict[str, float]:
+    """N-way K-shot classification accuracy over random episodes.
+
+    Each episode draws `ways` classes, then `shots` support and
+    `queries_per_class` query examples of each (without overlap). A query
+    is assigned the class of its nearest support example
+    (``classifier="nearest"``, Koch et al. 2015) or of the nearest class
+    mean of the supports (``classifier="prototype"``, Snell et al. 2017;
+    identical when ``shots=1``). Ties go to the first support drawn.
+
+    ``accuracy = mean_e acc_e``, ``ci95 = 1.96 std_e(acc_e) / sqrt(E)``.
+
+    Args:
+        embeddings: `[N, D]` embeddings (of classes never trained on, for a
+            fair one-shot test).
+        labels: class labels `[N]`.
+        ways: classes per episode (N).
+        shots: support examples per class (K).
+        queries_per_class: query examples per class and episode.
+        episodes: number of episodes (E).
+        seed: seed of the episode sampler (same seed, same episodes).
+        metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+        classifier: ``"nearest"`` support example or class ``"prototype"``.
+
+    Returns:
+        dict with ``accuracy``, ``ci95``, ``std``, ``episodes``, ``ways``,
+        ``shots``, ``queries_per_class``.
+
+    Raises:
+        ValueError: fewer classes than `ways`, or a class with fewer than
+            ``shots + queries_per_class`` examples (which are named).
+
+    Example:
+    >>> import numpy as np
+    >>> from keras_contrastive.evaluation import few_shot_accuracy
+    >>> x = np.repeat(np.eye(5), 3, axis=0)
+    >>> few_shot_accuracy(x, np.repeat(np.arange(5), 3), ways=5,
+    ...                   episodes=10)["accuracy"]
+    1.0
+
+    Reference:
+        Vinyals et al. Matching Networks for One Shot Learning. NIPS 2016.
+        Snell, Swersky, Zemel. Prototypical Networks for Few-shot
+        Learning. NIPS 2017.
+    """
+    embeddings, labels = _check_embeddings("embeddings", embeddings,
+                                           "labels", labels)
+    metric = _check_metric(metric)
+    ways = _check_int("ways", ways, minimum=2)
+    shots = _check_int("shots", shots)
+    queries_per_class = _check_int("queries_per_class", queries_per_class)
+    episodes = _check_int("episodes", episodes)
+    if classifier not in ("nearest", "prototype"):
+        raise ValueError(
+            "`classifier` must be 'nearest' or 'prototype'. "
+            f"Received: classifier={classifier!r}"
+        )
+    classes, inverse, counts = np.unique(
+        labels, return_inverse=True, return_counts=True
+    )
+    if len(classes) < ways:
+        raise ValueError(
+            f"`ways` ({ways}) is larger than the number of classes in "
+            f"`labels` ({len(classes)})."
+        )
+    needed = shots + queries_per_class
+    small = classes[counts < needed]
+    if len(small):
+        raise ValueError(
+            f"Every class needs at least shots + queries_per_class = "
+            f"{needed} examples; classes {small[:10].tolist()} have fewer. "
+            "Lower `shots` or `queries_per_class`, or drop those classes."
+        )
+    if metric == "cosine":
+        embeddings = _unit_rows(embeddings)
+    members = np.split(np.argsort(inverse, kind="stable"),
+                       np.cumsum(counts)[:-1])
+    rng = np.random.default_rng(seed)
+    accuracies = np.empty(episodes)
+    for episode in range(episodes):
+        chosen = rng.choice(len(classes), size=ways, replace=False)
+        picks = np.stack(
+            [rng.choice(members[c], size=needed, replace=False)
+             for c in chosen]
+        )  # [ways, needed]
+        support = embeddings[picks[:, :shots]]  # [ways, shots, D]
+        query = embeddings[picks[:, shots:].reshape(-1)]
+        truth = np.repeat(np.arange(ways), queries_per_class)
+        if classifier == "prototype":
+            support = support.mean(axis=1, keepdims=True)
+            if metric == "cosine":
+                support = _unit_rows(support[:, 0])[:, None]
+        flat = support.reshape(-1, support.shape[-1])
+        block = _distance_block(query, flat, np.sum(flat**2, axis=1), metric)
+        predicted = np.argmin(block, axis=1) // support.shape[1]
+        accuracies[episode] = np.mean(predicted == truth)
+    std = float(accuracies.std(ddof=1)) if episodes > 1 else 0.0
+    return {
+        "accuracy": float(accuracies.mean()),
+        "ci95": float(1.96 * std / np.sqrt(episodes)),
+        "std": std,
+        "episodes": episodes,
+        "ways": ways,
+        "shots": shots,
+        "queries_per_class": queries_per_class,
+    }
+
+
+__all__ = [
+    "check_pairs",
+    "few_shot_accuracy",
+    "retrieval_metrics",
+    "verification_metrics",
+]
