@@ -1,0 +1,502 @@
+"""Online tf.data pipelines: pairs, class-balanced batches, augmented views.
+
+The examples (or their file paths) are held once; every batch samples
+indices in-graph from per-class index tables with stateless random ops and
+gathers the examples in one `tf.gather`. Nothing loops over pairs in
+Python, so memory stays O(dataset) and every epoch draws fresh pairs.
+
+Pair labels follow the package convention: ``0`` = similar (positive) pair,
+``1`` = dissimilar, unless ``similar_label=1``.
+"""
+
+import inspect
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from keras_contrastive._common import check_number, check_similar_label
+from keras_contrastive._tf import tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Pairs drawn per sampling step when `batch_size=None` (then unbatched).
+_CHUNK = 1024
+# Augmented-view ids stay below 2**24 so they are exact in float32, the
+# dtype Keras casts `y_true` to.
+_MAX_ID = 2**24
+
+
+class _Tables:
+    """Examples plus per-class index tables, built once from the labels."""
+
+    def __init__(self, x, y):
+        examples, labels = _materialize(x, y)
+        classes, class_ids, counts = np.unique(
+            labels, return_inverse=True, return_counts=True
+        )
+        if len(classes) < 2:
+            raise ValueError(
+                "Pairs and class-balanced batches need at least 2 classes. "
+                f"Received labels with {len(classes)} class(es): "
+                f"{classes[:5].tolist()}"
+            )
+        order = np.argsort(class_ids, kind="stable")
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty(len(labels), np.int64)
+        rank[order] = np.arange(len(labels)) - offsets[class_ids[order]]
+        self.size, self.num_classes = len(labels), len(classes)
+        self.max_count = int(counts.max())
+        self.examples = examples
+        self.labels = tf.constant(labels)
+        pool = np.flatnonzero(counts[class_ids] >= 2)
+        self.has_positives = pool.size > 0
+        constant = lambda a: tf.constant(a, tf.int64)  # noqa: E731
+        self.class_ids, self.order = constant(class_ids), constant(order)
+        self.offsets, self.counts = constant(offsets), constant(counts)
+        self.rank, self.pool = constant(rank), constant(pool)
+
+    def member(self, classes, positions):
+        """Example index of the `positions`-th example of `classes`."""
+        start = tf.gather(self.offsets, classes)
+        return tf.gather(self.order, start + positions)
+
+
+def _materialize(x, y):
+    """(examples tensor [N, ...], labels numpy [N]) from arrays or datasets."""
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise TypeError(
+                "Pass `y=None` when `x` is a tf.data.Dataset of (example, "
+                f"label). Received: y of type {type(y).__name__}"
+            )
+        spec = x.element_spec
+        if not isinstance(spec, tuple) or len(spec) != 2:
+            raise TypeError(
+                "A dataset `x` must yield (example, label) tuples. "
+                f"Received: element_spec={spec}"
+            )
+        if x.cardinality() == tf.data.INFINITE_CARDINALITY:
+            raise ValueError(
+                "`x` is an infinite dataset (did it end in `.repeat()`?); "
+                "it must be finite so it can be held once. "
+                "Received: cardinality=INFINITE"
+            )
+        # One pass in chunks; an UNKNOWN cardinality is counted by it.
+        chunks = list(x.batch(4096).as_numpy_iterator())
+        if not chunks:
+            raise ValueError("`x` is an empty dataset. Received: 0 elements")
+        x = np.concatenate([c[0] for c in chunks])
+        y = np.concatenate([c[1] for c in chunks])
+    elif y is None:
+        raise TypeError(
+            "`y` (labels [N]) is required when `x` is an array. "
+            f"Received: x of type {type(x).__name__}, y=None"
+        )
+    labels = np.asarray(y.numpy() if tf.is_tensor(y) else y)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(
+            f"`y` must be labels [N]. Received: y.shape={labels.shape}"
+        )
+    examples = x if tf.is_tensor(x) else tf.convert_to_tensor(np.asarray(x))
+    if examples.shape.rank == 0 or examples.shape[0] != len(labels):
+        raise ValueError(
+            "`x` and `y` must hold the same number of examples. Received: "
+            f"x.shape={tuple(examples.shape)}, y.shape={labels.shape}"
+        )
+    return examples, labels
+
+
+def _check_count(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"`{name}` must be an integer. Received: {name}={value!r}"
+        )
+    if value < minimum:
+        raise ValueError(
+            f"`{name}` must be at least {minimum}. Received: {name}={value}"
+        )
+    return int(value)
+
+
+def _index(uniform, count):
+    """floor(uniform * count), clamped into [0, count - 1]."""
+    count = tf.cast(count, tf.int64)
+    scaled = tf.cast(uniform * tf.cast(count, uniform.dtype), tf.int64)
+    return tf.clip_by_value(scaled, 0, tf.maximum(count - 1, 0))
+
+
+def _worker_seed(seed, input_context):
+    """`seed` for this input pipeline, so workers draw different streams."""
+    if seed is None or input_context is None:
+        return seed
+    return seed * 1_000_003 + input_context.input_pipeline_id
+
+
+def _seed_stream(seed, input_context=None):
+    """Endless int64 keys, a new sequence on every pass (epoch)."""
+    stream = tf.data.Dataset.random(
+        seed=_worker_seed(seed, input_context),
+        rerandomize_each_iteration=True,
+    )
+    return stream.map(lambda r: tf.stack([r, tf.constant(0, tf.int64)]))
+
+
+def _load_and_batch(dataset, load_fn, batch_size, drop_remainder):
+    """Unbatch sampled rows, `load_fn` each example in parallel, re-batch."""
+    dataset = dataset.unbatch().map(
+        load_fn, num_parallel_calls=AUTOTUNE, name="load"
+    )
+    if batch_size is not None:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return dataset
+
+
+def _draw_pairs(tables, key, size, positive_fraction):
+    """Anchor and partner indices [size] and a similar-mask, in-graph."""
+    u = tf.random.stateless_uniform([6, size], key, dtype=tf.float64)
+    is_similar = u[0] < positive_fraction
+    anchor = partner = None
+    if positive_fraction > 0:
+        # A positive anchor comes from a class with >= 2 examples. Its
+        # partner is drawn from the other n - 1 members: draw j in [0, n-1)
+        # and skip the anchor's own rank, so partner != anchor.
+        anchor = tf.gather(
+            tables.pool, _index(u[1], tf.size(tables.pool, tf.int64))
+        )
+        cls = tf.gather(tables.class_ids, anchor)
+        j = _index(u[2], tf.gather(tables.counts, cls) - 1)
+        j += tf.cast(j >= tf.gather(tables.rank, anchor), tf.int64)
+        partner = tables.member(cls, j)
+    if positive_fraction < 1:
+        # A negative partner's class is drawn uniformly from the other
+        # C - 1 classes (the same skip trick), then a member of it.
+        negative = _index(u[3], tables.size)
+        cls = tf.gather(tables.class_ids, negative)
+        other = _index(u[4], tables.num_classes - 1)
+        other += tf.cast(other >= cls, tf.int64)
+        member = _index(u[5], tf.gather(tables.counts, other))
+        negative_partner = tables.member(other, member)
+        if anchor is None:
+            return negative, negative_partner, is_similar
+        anchor = tf.where(is_similar, anchor, negative)
+        partner = tf.where(is_similar, partner, negative_partner)
+    return anchor, partner, is_similar
+
+
+def make_pair_dataset(
+    x: Any,
+    y: Any = None,
+    *,
+    batch_size: Optional[int] = None,
+    positive_fraction: float = 0.5,
+    pairs_per_epoch: Optional[int] = None,
+    similar_label: int = 0,
+    seed: Optional[int] = None,
+    load_fn: Optional[Callable] = None,
+    drop_remainder: bool = False,
+    input_context: Optional[tf.distribute.InputContext] = None,
+) -> tf.data.Dataset:
+    """Pairs of examples sampled online, fresh every epoch.
+
+    Each pair is an anchor and a partner: with probability
+    `positive_fraction` a different example of the anchor's class (anchors
+    then come from classes with 2 or more examples), otherwise an example
+    of another class drawn uniformly among the other classes. Sampling runs
+    in-graph from per-class index tables, a whole batch at a time, followed
+    by one gather; each pass over the dataset (each `model.fit` epoch)
+    draws new pairs, and the same `seed` replays the same epochs.
+
+    Pair labels: ``0`` = similar pair, ``1`` = dissimilar, unless
+    ``similar_label=1`` (then ``1`` = similar). This matches
+    `keras_contrastive.losses.ContrastiveLoss` with the same
+    `similar_label`.
+
+    Args:
+        x: examples `[N, ...]` (array or tensor) with labels `y`; or file
+            paths `[N]` (strings) with a `load_fn`; or a finite
+            `tf.data.Dataset` of `(example, label)` (read once and held).
+        y: labels `[N]`, any integer or string class ids; `None` when `x`
+            is a dataset.
+        batch_size: pairs per batch; `None` yields single pairs. With
+            `input_context` it is the global batch size.
+        positive_fraction: probability that a pair is similar, in [0, 1].
+        pairs_per_epoch: pairs per pass over the dataset; defaults to `N`.
+        similar_label: the label of similar pairs, 0 (default) or 1.
+        seed: makes the sequence of epochs reproducible; `None` is random.
+        load_fn: maps one element of `x` (e.g. a file path) to an example;
+            applied after sampling in a parallel `map`, so only `x` (the
+            paths) is held in memory.
+        drop_remainder: drop the last, smaller batch of each epoch (static
+            batch shapes for TPU and XLA).
+        input_context: the `tf.distribute.InputContext` passed to a
+            `strategy.distribute_datasets_from_function` dataset function:
+            each input pipeline then yields per-replica batches, draws its
+            own pairs (seed offset by the pipeline id) and its share of
+            `pairs_per_epoch`.
+
+    Returns:
+        A `tf.data.Dataset` of `((x1, x2), pair_label)`: `x1`, `x2` are
+        `[batch, ...]` and `pair_label` is int32 `[batch]` (no batch
+        dimension when `batch_size=None`), prefetched.
+
+    Example:
+    >>> import numpy as np
+    >>> from keras_contrastive.data import make_pair_dataset
+    >>> x = np.random.rand(100, 8).astype("float32")
+    >>> y = np.arange(100) % 5
+    >>> pairs = make_pair_dataset(x, y, batch_size=32, seed=0)
+    >>> (x1, x2), labels = next(iter(pairs))  # labels: 0 = similar pair
+    """
+    similar_label = check_similar_label(similar_label)
+    positive_fraction = check_number(
+        "positive_fraction", positive_fraction, minimum=0.0
+    )
+    if positive_fraction > 1:
+        raise ValueError(
+            "`positive_fraction` must be in [0, 1]. "
+            f"Received: positive_fraction={positive_fraction}"
+        )
+    if batch_size is not None:
+        batch_size = _check_count("batch_size", batch_size)
+    tables = _Tables(x, y)
+    if positive_fraction > 0 and not tables.has_positives:
+        raise ValueError(
+            "No class has 2 or more examples, so no similar pair exists; "
+            "pass positive_fraction=0 for negatives only. "
+            f"Received: positive_fraction={positive_fraction}"
+        )
+    pairs = tables.size
+    if pairs_per_epoch is not None:
+        pairs = _check_count("pairs_per_epoch", pairs_per_epoch)
+    if input_context is not None:
+        pipelines = input_context.num_input_pipelines
+        pairs = -(-pairs // pipelines)
+        if batch_size is not None:
+            batch_size = input_context.get_per_replica_batch_size(batch_size)
+
+    size = batch_size or _CHUNK
+    steps, remainder = divmod(pairs, size)
+    if remainder and not (drop_remainder and batch_size):
+        steps += 1
+    static = remainder == 0 or (drop_remainder and batch_size is not None)
+    dissimilar_label = 1 - similar_label
+
+    def sample(step, key):
+        n = size if static else tf.minimum(pairs - step * size, size)
+        anchor, partner, is_similar = _draw_pairs(
+            tables, key, n, positive_fraction
+        )
+        label = tf.where(is_similar, similar_label, dissimilar_label)
+        both = tf.gather(tables.examples, tf.concat([anchor, partner], 0))
+        return (both[:n], both[n:]), label
+
+    dataset = tf.data.Dataset.zip(
+        tf.data.Dataset.range(steps), _seed_stream(seed, input_context)
+    )
+    dataset = dataset.map(sample, num_parallel_calls=AUTOTUNE, name="pairs")
+    if load_fn is not None:
+        pair_fn = lambda xs, label: ((load_fn(xs[0]), load_fn(xs[1])), label)  # noqa: E731
+        dataset = _load_and_batch(dataset, pair_fn, batch_size, drop_remainder)
+    elif batch_size is None:
+        dataset = dataset.unbatch()
+    # Unbatching hides the length; restore it for Keras progress bars.
+    length = steps if batch_size else pairs
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(length))
+    return dataset.prefetch(AUTOTUNE)
+
+
+def class_balanced_dataset(
+    x: Any,
+    y: Any = None,
+    *,
+    classes_per_batch: int,
+    examples_per_class: int,
+    seed: Optional[int] = None,
+    load_fn: Optional[Callable] = None,
+    input_context: Optional[tf.distribute.InputContext] = None,
+) -> tf.data.Dataset:
+    """Endless batches of P classes x K examples, for in-batch losses.
+
+    Every batch holds `classes_per_batch` (P) distinct classes drawn
+    uniformly, each with `examples_per_class` (K) of its examples, grouped
+    by class: exactly P*K examples, a static shape for XLA and TPU. A class
+    with at least K examples gives K different examples; a class smaller
+    than K gives all its examples and fills the rest by drawing from them
+    again (sampling with replacement happens only there). Cost per batch is
+    O(P x the largest class).
+
+    The dataset never ends: give `model.fit` a `steps_per_epoch`. With
+    `strategy.experimental_distribute_dataset` a batch is split across
+    replicas in order, so with P divisible by the replica count each
+    replica gets whole classes; with `input_context` (in
+    `strategy.distribute_datasets_from_function`) every replica gets its
+    own P x K batch and pipelines draw different batches.
+
+    Args:
+        x: examples `[N, ...]`, file paths `[N]` with `load_fn`, or a
+            finite `tf.data.Dataset` of `(example, label)`.
+        y: labels `[N]`; `None` when `x` is a dataset.
+        classes_per_batch: P, at most the number of classes.
+        examples_per_class: K, at least 1.
+        seed: makes the batch sequence reproducible; `None` is random.
+        load_fn: maps one element of `x` (e.g. a path) to an example.
+        input_context: a `tf.distribute.InputContext` (see above).
+
+    Returns:
+        An endless `tf.data.Dataset` of `(examples [P*K, ...],
+        labels [P*K])`, with the labels as given in `y`.
+
+    Example:
+    >>> import numpy as np
+    >>> from keras_contrastive.data import class_balanced_dataset
+    >>> x, y = np.random.rand(60, 4), np.arange(60) % 6
+    >>> batches = class_balanced_dataset(
+    ...     x, y, classes_per_batch=3, examples_per_class=4, seed=0)
+    >>> examples, labels = next(iter(batches))  # 12 examples, 3 classes
+    """
+    classes_per_batch = _check_count("classes_per_batch", classes_per_batch)
+    per_class = _check_count("examples_per_class", examples_per_class)
+    tables = _Tables(x, y)
+    if classes_per_batch > tables.num_classes:
+        raise ValueError(
+            "`classes_per_batch` must be at most the number of classes "
+            f"({tables.num_classes}). "
+            f"Received: classes_per_batch={classes_per_batch}"
+        )
+    batch = classes_per_batch * per_class
+    distinct = min(per_class, tables.max_count)
+
+    def sample(key):
+        keys = tf.random.experimental.stateless_split(key, 3)
+        scores = tf.random.stateless_uniform([tables.num_classes], keys[0])
+        classes = tf.math.top_k(scores, classes_per_batch).indices
+        classes = tf.cast(classes, tf.int64)
+        counts = tf.gather(tables.counts, classes)[:, None]
+        # Random keys on each class's valid positions, -1 elsewhere: the
+        # top K positions are K distinct members (all n when n < K).
+        columns = tf.range(tables.max_count, dtype=tf.int64)
+        scores = tf.random.stateless_uniform(
+            [classes_per_batch, tables.max_count], keys[1]
+        )
+        scores = tf.where(columns < counts, scores, -1.0)
+        ranks = tf.cast(tf.math.top_k(scores, distinct).indices, tf.int64)
+        ranks = tf.pad(ranks, [[0, 0], [0, per_class - distinct]])
+        again = _index(
+            tf.random.stateless_uniform(
+                [classes_per_batch, per_class], keys[2], dtype=tf.float64
+            ),
+            counts,
+        )
+        positions = tf.range(per_class, dtype=tf.int64)
+        ranks = tf.where(positions < counts, ranks, again)
+        rows = tf.broadcast_to(classes[:, None], ranks.shape)
+        index = tf.reshape(tables.member(rows, ranks), [batch])
+        return tf.gather(tables.examples, index), tf.gather(
+            tables.labels, index
+        )
+
+    dataset = _seed_stream(seed, input_context)
+    dataset = dataset.map(sample, num_parallel_calls=AUTOTUNE, name="balanced")
+    if load_fn is not None:
+        dataset = _load_and_batch(
+            dataset, lambda e, label: (load_fn(e), label), batch, True
+        )
+    return dataset.prefetch(AUTOTUNE)
+
+
+def _takes_seed(function) -> bool:
+    try:
+        return "seed" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def augmented_views(
+    dataset: tf.data.Dataset,
+    augment: Callable,
+    *,
+    views: int = 2,
+    seed: Optional[int] = None,
+    input_context: Optional[tf.distribute.InputContext] = None,
+) -> tf.data.Dataset:
+    """Each example becomes `views` augmented copies sharing a sample id.
+
+    For self-supervised training (SimCLR): `augment` is applied `views`
+    times to every batch of `dataset`, independently, and the copies are
+    interleaved so the copies of one example sit next to each other
+    (``[a1, a2, b1, b2, ...]``). Each copy is labelled with its example's
+    id, the sample-id convention of `keras_contrastive.losses.NTXentLoss`
+    and the in-batch losses: copies of one example share an id, ids differ
+    between examples. So `model.fit(augmented_views(...))` works with an
+    encoder `[views*B, ...] -> [views*B, D]` and `NTXentLoss()`. Ids are
+    unique across the replicas of a step (batches split in order keep the
+    copies of an example together) and stay below 2**24, exact in float32.
+
+    Args:
+        dataset: a `tf.data.Dataset` of batches `x` `[B, ...]`, or of
+            tuples whose first item is `x` (labels are dropped). Batch with
+            `drop_remainder=True` for static shapes.
+        augment: a function or Keras preprocessing layer `[B, ...] ->
+            [B, ...]`, random per example. If it takes a `seed` argument it
+            gets a stateless seed (an int64 tensor `[2]`, for
+            `tf.image.stateless_random_*`) derived from `seed`, the step
+            and the view, so runs replay; Keras layers use their own seed.
+        views: copies per example, at least 2.
+        seed: seeds the stateless `augment` seeds; `None` passes none.
+        input_context: the `tf.distribute.InputContext` in
+            `strategy.distribute_datasets_from_function`; keeps ids unique
+            across input pipelines.
+
+    Returns:
+        A `tf.data.Dataset` of `(views_x [views*B, ...], ids [views*B])`,
+        ids int32.
+
+    Example:
+    >>> import numpy as np, tensorflow as tf
+    >>> from keras_contrastive.data import augmented_views
+    >>> images = tf.data.Dataset.from_tensor_slices(
+    ...     np.random.rand(32, 8, 8, 1).astype("float32")).batch(8)
+    >>> noisy = lambda x: x + tf.random.normal(tf.shape(x), stddev=0.1)
+    >>> x, ids = next(iter(augmented_views(images, noisy)))  # [16, 8, 8, 1]
+    """
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(
+            "`dataset` must be a tf.data.Dataset of batches. "
+            f"Received: dataset of type {type(dataset).__name__}"
+        )
+    if not callable(augment):
+        raise TypeError(f"`augment` must be callable. Received: {augment!r}")
+    views = _check_count("views", views, minimum=2)
+    seeded = seed is not None and _takes_seed(augment)
+    pipelines, pipeline = 1, 0
+    if input_context is not None:
+        pipelines = input_context.num_input_pipelines
+        pipeline = input_context.input_pipeline_id
+    spec = dataset.element_spec
+    if isinstance(spec, tuple):
+        spec = spec[0]
+    stride = spec.shape[0] if spec.shape.rank and spec.shape[0] else 4096
+    cycle = max(1, _MAX_ID // stride)
+
+    def make_views(step, key, element):
+        x = element[0] if isinstance(element, tuple) else element
+        copies = []
+        for view in range(views):
+            if seeded:
+                view_key = tf.stack([key[0], tf.cast(view, tf.int64)])
+                copies.append(augment(x, seed=view_key))
+            else:
+                copies.append(augment(x))
+        stacked = tf.stack(copies, axis=1)  # [B, views, ...]
+        shape = tf.shape(stacked)
+        flat = tf.reshape(stacked, tf.concat([[-1], shape[2:]], 0))
+        base = ((step * pipelines + pipeline) % cycle) * stride
+        ids = tf.cast(base + tf.range(shape[0], dtype=tf.int64), tf.int32)
+        return flat, tf.repeat(ids, views)
+
+    indexed = tf.data.Dataset.zip(
+        tf.data.Dataset.range(2**62), _seed_stream(seed), dataset
+    )
+    indexed = indexed.map(make_views, num_parallel_calls=AUTOTUNE, name="views")
+    return indexed.prefetch(AUTOTUNE)
