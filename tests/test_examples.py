@@ -1,4 +1,8 @@
-"""Every example runs end to end with --smoke (small data, one short epoch)."""
+"""Every example runs end to end with --smoke (small data, one short epoch).
+
+examples/multi_worker.py starts worker processes; test_distribute.py runs it
+with stronger checks, so it is not run twice here.
+"""
 
 import importlib.util
 import pathlib
@@ -7,7 +11,9 @@ import pytest
 from conftest import requires_tensorflow
 
 EXAMPLES = sorted(
+    path for path in
     (pathlib.Path(__file__).parent.parent / "examples").glob("*.py")
+    if path.stem != "multi_worker"
 )
 
 
