@@ -252,3 +252,19 @@ class ContrastiveLoss(keras.losses.Loss):
 
 
 __all__ = ["ContrastiveLoss", "contrastive_loss"]
+
+# The in-batch losses live in their own module; they are part of this one's
+# public API.
+from keras_contrastive.batch_losses import (  # noqa: E402
+    BatchContrastiveLoss,
+    NTXentLoss,
+    batch_contrastive_loss,
+    nt_xent_loss,
+)
+
+__all__ += [
+    "BatchContrastiveLoss",
+    "NTXentLoss",
+    "batch_contrastive_loss",
+    "nt_xent_loss",
+]
