@@ -97,15 +97,6 @@ def check_pairs(
     return distances, labels == similar_label
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of `values`, ties sharing their average rank."""
-    _, inverse, counts = np.unique(
-        values, return_inverse=True, return_counts=True
-    )
-    last = np.cumsum(counts)
-    return (last - (counts - 1) / 2.0)[inverse]
-
-
 def verification_metrics(
     distances,
     pair_labels,
@@ -171,7 +162,11 @@ def verification_metrics(
             f"Received {num_similar} similar and {num_dissimilar} "
             f"dissimilar pairs (similar_label={similar_label})"
         )
-    ranks = _average_ranks(distances)
+    unique, inverse, counts = np.unique(
+        distances, return_inverse=True, return_counts=True
+    )
+    # 1-based ranks of the distances, tied values sharing their average.
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
     rank_sum = ranks[~similar].sum()
     auc = (rank_sum - num_dissimilar * (num_dissimilar + 1) / 2.0) / (
         num_similar * num_dissimilar
@@ -179,10 +174,9 @@ def verification_metrics(
 
     # Operating points "similar iff d <= u_i" for every distinct distance,
     # preceded by "nothing is similar".
-    unique, inverse = np.unique(distances, return_inverse=True)
     similar_at = np.bincount(inverse, weights=similar, minlength=len(unique))
     tp = np.concatenate([[0.0], np.cumsum(similar_at)])
-    fp = np.concatenate([[0.0], np.cumsum(np.bincount(inverse) - similar_at)])
+    fp = np.concatenate([[0.0], np.cumsum(counts - similar_at)])
     tpr = tp / num_similar
     fpr = fp / num_dissimilar
     cuts = np.concatenate(
@@ -370,8 +364,8 @@ def retrieval_metrics(
     depth = min(num_ref, max(max(ks), int(relevant_counts.max(initial=0))))
     ref_norms = np.sum(ref**2, axis=1)
 
-    hits_at = {value: 0.0 for value in ks}
-    precision_at_1 = r_precision = map_at_r = 0.0
+    hits_at = {value: 0 for value in ks}
+    precision_at_1, r_precision, map_at_r = 0, 0.0, 0.0
     for start in range(0, len(queries), chunk_size):
         stop = min(start + chunk_size, len(queries))
         rows = np.arange(start, stop)[keep[start:stop]]
@@ -399,25 +393,25 @@ def retrieval_metrics(
         cumulative = np.cumsum(relevant, axis=1)
         within_r = np.arange(1, depth + 1)[None, :] <= r[:, None]
         for value in ks:
-            hits_at[value] += np.sum(relevant[:, : min(value, depth)].any(1))
-        precision_at_1 += np.sum(relevant[:, 0])
+            hits_at[value] += int(
+                np.sum(relevant[:, : min(value, depth)].any(1))
+            )
+        precision_at_1 += int(np.sum(relevant[:, 0]))
         r_precision += np.sum(np.sum(relevant & within_r, axis=1) / r)
         precision = cumulative / np.arange(1, depth + 1)[None, :]
         map_at_r += np.sum(
             np.sum(precision * (relevant & within_r), axis=1) / r
         )
 
-    count = int(keep.sum())
-    scale = 1.0 / count if count else 0.0
-    result = {f"recall_at_{value}": float(hits_at[value] * scale)
-              for value in ks}
+    count = max(int(keep.sum()), 1)
+    result = {f"recall_at_{value}": hits_at[value] / count for value in ks}
     result.update(
         {
-            "precision_at_1": float(precision_at_1 * scale),
-            "r_precision": float(r_precision * scale),
-            "map_at_r": float(map_at_r * scale),
-            "num_queries": count,
-            "num_lone_queries": int(len(queries) - count),
+            "precision_at_1": precision_at_1 / count,
+            "r_precision": float(r_precision / count),
+            "map_at_r": float(map_at_r / count),
+            "num_queries": int(keep.sum()),
+            "num_lone_queries": int(len(queries) - keep.sum()),
         }
     )
     return result

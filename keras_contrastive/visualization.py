@@ -120,6 +120,17 @@ def plot_distance_histogram(
     return figure
 
 
+def _class_colormap(num_classes: int):
+    """One distinct colour per class up to 20 classes, else a gradient."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+
+    if num_classes > _MAX_LEGEND_CLASSES:
+        return matplotlib.colormaps["turbo"]
+    name = "tab10" if num_classes <= 10 else "tab20"
+    return ListedColormap(matplotlib.colormaps[name].colors[:num_classes])
+
+
 def _pca_2d(x: np.ndarray) -> np.ndarray:
     centred = x - x.mean(axis=0)
     # Right singular vectors are the principal axes.
@@ -228,9 +239,7 @@ def plot_embeddings(
     classes, codes = np.unique(labels, return_inverse=True)
     figure = _new_figure((6.4, 5.2))
     axes = figure.add_subplot()
-    colormap = "tab10" if len(classes) <= 10 else "tab20"
-    if len(classes) > _MAX_LEGEND_CLASSES:
-        colormap = "turbo"
+    colormap = _class_colormap(len(classes))
     scatter = axes.scatter(points[:, 0], points[:, 1], c=codes, s=8,
                            cmap=colormap, alpha=0.8,
                            vmin=-0.5, vmax=len(classes) - 0.5)
