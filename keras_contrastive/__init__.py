@@ -8,6 +8,12 @@ use and need TensorFlow: ``pip install "keras-contrastive[cpu]"`` (or
 """
 
 import importlib
+import os
+
+# TensorFlow's C++ start-up INFO lines (oneDNN, CPU features) are noise for
+# users; warnings and errors still show. Set TF_CPP_MIN_LOG_LEVEL=0 to see
+# everything.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 try:
     import keras  # noqa: F401
