@@ -28,17 +28,25 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess
         f"miners work under any backend). Original error: {error}"
     ) from error
 
-from keras_contrastive import distances, layers, losses
+# The keras.ops modules are imported here, so every serializable class is
+# registered and a saved model loads back after `import keras_contrastive`.
+from keras_contrastive import distances, layers, losses, mining, models
 from keras_contrastive.layers import PairDistance, ProjectionHead
-from keras_contrastive.losses import ContrastiveLoss, contrastive_loss
+from keras_contrastive.losses import (
+    BatchContrastiveLoss,
+    ContrastiveLoss,
+    NTXentLoss,
+    batch_contrastive_loss,
+    contrastive_loss,
+    nt_xent_loss,
+)
+from keras_contrastive.models import SiameseModel, build_encoder
 
 __version__ = "0.1.0"
 
 _LAZY_MODULES = (
-    "mining",
     "data",
     "datasets",
-    "models",
     "evaluation",
     "distribute",
     "visualization",
@@ -55,12 +63,20 @@ def __getattr__(name):
 
 
 __all__ = [
+    "BatchContrastiveLoss",
     "ContrastiveLoss",
+    "NTXentLoss",
     "PairDistance",
     "ProjectionHead",
+    "SiameseModel",
+    "batch_contrastive_loss",
+    "build_encoder",
     "contrastive_loss",
     "distances",
     "layers",
     "losses",
+    "mining",
+    "models",
+    "nt_xent_loss",
     "__version__",
 ]

@@ -27,6 +27,24 @@ if BACKEND == "tensorflow":
         [tf.config.LogicalDeviceConfiguration()] * 2,
     )
 
+_TWO_REPLICAS = []
+
+
+def two_replica_strategy():
+    """One `MirroredStrategy` over the 2 logical CPUs, shared per process.
+
+    Separate strategy objects in one process can hand out the same
+    collective instance keys to different collectives, which TensorFlow
+    then aborts ("Collective instance ... expected type ..."); sharing one
+    avoids that.
+    """
+    if not _TWO_REPLICAS:
+        _TWO_REPLICAS.append(
+            tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        )
+    return _TWO_REPLICAS[0]
+
+
 requires_tensorflow = pytest.mark.skipif(
     BACKEND != "tensorflow", reason="needs the TensorFlow backend"
 )

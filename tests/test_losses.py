@@ -4,6 +4,7 @@ import pytest
 from conftest import (
     compile_xla,
     requires_tensorflow,
+    two_replica_strategy,
     value_and_gradient,
 )
 from keras import ops
@@ -289,7 +290,7 @@ def test_mirrored_strategy_gives_the_single_device_loss():
     single_loss, single_weights = one_step(
         tf.distribute.OneDeviceStrategy("/cpu:0")
     )
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = two_replica_strategy()
     assert mirrored.num_replicas_in_sync == 2
     mirrored_loss, mirrored_weights = one_step(mirrored)
     np.testing.assert_allclose(mirrored_loss, single_loss, rtol=1e-5)
