@@ -42,6 +42,13 @@ def _replica_context_or_none():
     return context
 
 
+@tf.custom_gradient
+def _dense_gradient(tensor):
+    # all_gather's gradient all-reduces; it cannot take the IndexedSlices
+    # that a gather (tf.gather, keras.ops.take) of the result sends back.
+    return tf.identity(tensor), tf.convert_to_tensor
+
+
 def cross_replica_concat(tensor):
     """Concatenate `tensor` from all replicas along axis 0.
 
@@ -82,9 +89,12 @@ def cross_replica_concat(tensor):
     if context is None:
         return tensor
     try:
-        return context.all_gather(tensor, axis=0)
+        gathered = context.all_gather(tensor, axis=0)
     except NotImplementedError as error:
         raise _gather_error(tf.distribute.get_strategy(), error) from error
+    if not tensor.dtype.is_floating:
+        return gathered
+    return _dense_gradient(gathered)
 
 
 def _replica_offset(tensor):
