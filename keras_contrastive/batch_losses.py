@@ -12,8 +12,9 @@ import keras
 from keras import ops
 
 from keras_contrastive import distances, mining
+from keras_contrastive._all_pairs import all_pairs_loss
 from keras_contrastive._common import check_margins, check_number, margin_loss
-from keras_contrastive.distances import _unit_rows, compute_dtype, safe_sqrt
+from keras_contrastive.distances import _unit_rows, compute_dtype
 
 
 def _check_embeddings(embeddings):
@@ -39,7 +40,7 @@ def _check_labels(labels, batch_size):
 
 
 class _Batch:
-    """Anchors, their candidates and masks, local or gathered."""
+    """Anchors, their candidates (local or gathered) and pair masks."""
 
     def __init__(self, x, labels, cross_replica):
         self.x, self.labels, self.distributed = x, labels, None
@@ -48,23 +49,24 @@ class _Batch:
 
             if distribute._replica_context_or_none() is not None:
                 self.distributed = distribute
+        self.size = ops.shape(x)[0]
+        if self.distributed is not None:
+            self.ref_labels = distribute.cross_replica_concat(labels)
+            self.size = ops.shape(self.ref_labels)[0]
+
+    def masks(self):
+        """Positive and negative masks `[B, M]`, self-pairs excluded."""
         if self.distributed is None:
-            self.positive, self.negative = mining.pair_masks(labels)
-            self.size = ops.shape(x)[0]
-            return
-        self.ref_labels = self.distributed.cross_replica_concat(labels)
-        self.positive, self.negative = mining.pair_masks(
-            labels, self.ref_labels
-        )
-        self.size = ops.shape(self.ref_labels)[0]
-        rows = ops.arange(ops.shape(x)[0]) + ops.cast(
-            self.distributed._replica_offset(x), "int32"
+            return mining.pair_masks(self.labels)
+        positive, negative = mining.pair_masks(self.labels, self.ref_labels)
+        rows = ops.arange(ops.shape(self.x)[0]) + ops.cast(
+            self.distributed._replica_offset(self.x), "int32"
         )
         not_self = ops.not_equal(
             ops.expand_dims(rows, 1), ops.expand_dims(ops.arange(self.size), 0)
         )
-        self.positive = ops.logical_and(self.positive, not_self)
-        self.negative = ops.logical_and(self.negative, not_self)
+        return (ops.logical_and(positive, not_self),
+                ops.logical_and(negative, not_self))
 
     def candidates(self, tensor):
         """`tensor` of the whole (global) batch."""
@@ -78,116 +80,6 @@ class _Batch:
         if self.distributed is None:
             return value
         return ops.sum(self.candidates(ops.reshape(value, [1])))
-
-
-def _all_pairs_loss(x, labels, *, metric, margin, positive_margin, squared):
-    """`batch_contrastive_loss` with miner "all" and a built-in metric.
-
-    The gradient is written by hand. For a symmetric pair loss,
-    ``d/dz_k sum_i u_i v_i = sum_j (u_k + u_j) g_kj dS_kj/dz_k`` with
-    ``g = w dL/dS`` symmetric: one matrix product ``H @ z`` instead of the
-    two that autodiff of ``z @ z^T`` takes. Only the Gram matrix is kept
-    for the backward pass, which recomputes the rest in one elementwise
-    pass (with `rsqrt`, so XLA does not store the forward's `sqrt`).
-    """
-    dtype = x.dtype
-    cosine, euclidean = metric == "cosine", metric == "euclidean"
-    size = ops.cast(ops.shape(x)[0], dtype)
-    positive_count = ops.sum(ops.cast(mining.class_sizes(labels), dtype))
-    positive_count = positive_count - size
-    negative_count = size * size - size - positive_count
-    positive_scale = ops.divide_no_nan(size, positive_count)
-    negative_scale = ops.divide_no_nan(size, negative_count)
-
-    def pair_terms(gram, z, labels, scales):
-        # Everything is made here, not closed over: JAX's custom gradient
-        # cannot capture tracers of an enclosing jit.
-        zero = ops.zeros((), dtype)
-        same = ops.equal(
-            ops.expand_dims(labels, 1), ops.expand_dims(labels, 0)
-        )
-        not_self = ops.logical_not(ops.cast(ops.eye(ops.shape(z)[0]), "bool"))
-        # w_ij: B / (number of pairs of its kind); 0 on the diagonal.
-        weight = ops.where(
-            same, ops.where(not_self, scales[0], zero), scales[1]
-        )
-        if cosine:
-            return same, weight, 1.0 - gram
-        norms = ops.sum(ops.square(z), axis=1)
-        squared_distance = ops.maximum(
-            ops.expand_dims(norms, 1) + ops.expand_dims(norms, 0) - 2.0 * gram,
-            zero,
-        )
-        return same, weight, squared_distance
-
-    @ops.custom_gradient
-    def loss(z, labels, scales):
-        gram = ops.matmul(z, ops.transpose(z))
-        same, weight, value = pair_terms(gram, z, labels, scales)
-        if cosine:
-            distance = ops.clip(value, 0.0, 2.0)
-        else:
-            distance = safe_sqrt(value) if euclidean else value
-        pair = margin_loss(
-            distance, same, margin=margin, positive_margin=positive_margin,
-            squared=squared,
-        )
-
-        def grad(*args, upstream=None):
-            upstream = args[0] if upstream is None else upstream
-            same, weight, value = pair_terms(gram, z, labels, scales)
-            zero, one = ops.zeros((), dtype), ops.ones((), dtype)
-            if euclidean:
-                # dL/dS with D = sqrt(S): dD/dS = 1 / (2 D) = rsqrt(S) / 2,
-                # 0 where safe_sqrt clamps S to 0.
-                valid = value > 1e-30
-                inverse = ops.rsqrt(ops.where(valid, value, one))
-                if squared:
-                    slope = ops.where(
-                        same,
-                        ops.maximum(1.0 - positive_margin * inverse, zero),
-                        ops.minimum(1.0 - margin * inverse, zero),
-                    )
-                else:
-                    slope = 0.5 * inverse * ops.where(
-                        same,
-                        ops.where(value > positive_margin**2, one, zero),
-                        ops.where(value < margin**2, -one, zero),
-                    )
-                slope = ops.where(valid, slope, zero)
-            else:
-                distance = value  # S itself, or 1 - cos before the clip
-                if squared:
-                    slope = 2.0 * ops.where(
-                        same,
-                        ops.maximum(distance - positive_margin, zero),
-                        ops.minimum(distance - margin, zero),
-                    )
-                else:
-                    slope = ops.where(
-                        same,
-                        ops.where(distance > positive_margin, one, zero),
-                        ops.where(distance < margin, -one, zero),
-                    )
-                if cosine:
-                    inside = ops.logical_and(value >= 0.0, value <= 2.0)
-                    slope = ops.where(inside, slope, zero)
-                else:
-                    slope = ops.where(value > zero, slope, zero)
-            slope = slope * weight * (
-                ops.expand_dims(upstream, 1) + ops.expand_dims(upstream, 0)
-            )
-            if cosine:  # dD_kj/dz_k = -z_j
-                return -ops.matmul(slope, z), None, None
-            # dS_kj/dz_k = 2 (z_k - z_j)
-            rows = ops.expand_dims(ops.sum(slope, axis=1), 1)
-            return 2.0 * (rows * z - ops.matmul(slope, z)), None, None
-
-        return ops.sum(weight * pair, axis=1), grad
-
-    z = _unit_rows(x) if cosine else x
-    scales = ops.stack([positive_scale, negative_scale])
-    return loss(z, labels, scales)
 
 
 def batch_contrastive_loss(
@@ -275,12 +167,12 @@ def batch_contrastive_loss(
     miner_name, metric_name = mining.name_of(miner), distances.name_of(metric)
     if batch.distributed is None and miner_name == "all" and metric_name:
         # A fused path with a hand-written gradient (one extra matmul).
-        return _all_pairs_loss(x, labels, metric=metric_name, **formula)
+        return all_pairs_loss(x, labels, metric=metric_name, **formula)
 
     candidates = batch.candidates(x)
     others = None if batch.distributed is None else candidates
     scale = ops.cast(batch.size, x.dtype)
-    positive, negative = batch.positive, batch.negative
+    positive, negative = batch.masks()
     if miner_name == "batch_hard":
         # Only 2 pairs per anchor: mine without gradient (on squared
         # distances for euclidean: same order, no sqrt), then recompute the
@@ -386,7 +278,8 @@ def nt_xent_loss(
     z = _unit_rows(x)
     inverse = ops.cast(1.0 / temperature, x.dtype)
     logits = ops.matmul(z, ops.transpose(batch.candidates(z))) * inverse
-    candidate = ops.logical_or(batch.positive, batch.negative)
+    positive, negative = batch.masks()
+    candidate = ops.logical_or(positive, negative)
     # Cosine logits are >= -1/T, so -1/T is a safe floor for the row max.
     row_max = ops.stop_gradient(
         ops.max(ops.where(candidate, logits, -inverse), axis=1)
@@ -395,7 +288,7 @@ def nt_xent_loss(
     total = ops.sum(ops.where(candidate, ops.exp(shifted), 0.0), axis=1)
     has_candidate = ops.any(candidate, axis=1)
     log_denominator = row_max + ops.log(ops.where(has_candidate, total, 1.0))
-    positive = ops.cast(batch.positive, x.dtype)
+    positive = ops.cast(positive, x.dtype)
     count = ops.sum(positive, axis=1)
     mean_positive = ops.divide_no_nan(ops.sum(positive * logits, 1), count)
     return ops.where(count > 0, log_denominator - mean_positive, 0.0)
