@@ -18,11 +18,14 @@ from keras_contrastive._common import check_number, check_similar_label
 from keras_contrastive._tf import tf
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Pairs drawn per sampling step when `batch_size=None` (then unbatched).
+# Pairs per gathered chunk when `batch_size=None` (then unbatched), and
+# pairs whose indices are drawn in one call.
 _CHUNK = 1024
+_PAIRS_PER_DRAW = 8192
 # Augmented-view ids stay below 2**24 so they are exact in float32, the
 # dtype Keras casts `y_true` to.
 _MAX_ID = 2**24
+_INDEX = tf.int64
 
 
 class _Tables:
@@ -43,21 +46,62 @@ class _Tables:
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rank = np.empty(len(labels), np.int64)
         rank[order] = np.arange(len(labels)) - offsets[class_ids[order]]
-        self.size, self.num_classes = len(labels), len(classes)
-        self.max_count = int(counts.max())
-        self.examples = examples
-        self.labels = tf.constant(labels)
         pool = np.flatnonzero(counts[class_ids] >= 2)
-        self.has_positives = pool.size > 0
-        constant = lambda a: tf.constant(a, tf.int64)  # noqa: E731
-        self.class_ids, self.order = constant(class_ids), constant(order)
-        self.offsets, self.counts = constant(offsets), constant(counts)
-        self.rank, self.pool = constant(rank), constant(pool)
+        self.size, self.num_classes = len(labels), len(classes)
+        self.max_count, self.has_positives = int(counts.max()), pool.size > 0
+        index = lambda a: tf.constant(a, _INDEX)  # noqa: E731
+        self.tensors = dict(
+            examples=examples,
+            labels=tf.constant(labels),
+            class_ids=index(class_ids),
+            order=index(order),
+            offsets=index(offsets),
+            counts=index(counts),
+            rank=index(rank),
+            pool=index(pool),
+        )
 
-    def member(self, classes, positions):
-        """Example index of the `positions`-th example of `classes`."""
-        start = tf.gather(self.offsets, classes)
-        return tf.gather(self.order, start + positions)
+    def pipeline(self, dataset, sample, name):
+        """`dataset` mapped by `sample(*element, tensors)` in parallel."""
+        tensors = self.tensors
+        dataset = dataset.map(
+            lambda *element: sample(*element, tensors),
+            num_parallel_calls=AUTOTUNE,
+            name=name,
+        )
+        # tf.data's static graph rewrites serialize the dataset graph, and
+        # with it a copy of every captured tensor: the whole data set.
+        options = tf.data.Options()
+        options.experimental_optimization.apply_default_optimizations = False
+        # Parallel calls already use every core; one thread per op avoids
+        # splitting each gather across threads.
+        options.threading.max_intra_op_parallelism = 1
+        return dataset.with_options(options)
+
+
+def _member(t, classes, positions):
+    """Example index of the `positions`-th example of each of `classes`."""
+    return tf.gather(t["order"], tf.gather(t["offsets"], classes) + positions)
+
+
+def _to_tensor(array):
+    """`array` as a tensor holding one 64-byte-aligned copy of it.
+
+    `tf.convert_to_tensor` of a large numpy array holds two copies; a
+    numpy copy handed over through DLPack is the only one.
+    """
+    array = np.asarray(array)
+    if array.dtype.kind in "USO" or array.nbytes < 2**20:
+        return tf.constant(array)
+    buffer = np.empty(array.nbytes + 64, np.uint8)
+    start = -buffer.ctypes.data % 64
+    aligned = buffer[start : start + array.nbytes].view(array.dtype)
+    aligned = aligned.reshape(array.shape)
+    np.copyto(aligned, array)
+    try:
+        return tf.experimental.dlpack.from_dlpack(aligned.__dlpack__())
+    except Exception:  # a dtype DLPack cannot carry
+        return tf.convert_to_tensor(aligned)
 
 
 def _materialize(x, y):
@@ -98,7 +142,7 @@ def _materialize(x, y):
         raise ValueError(
             f"`y` must be labels [N]. Received: y.shape={labels.shape}"
         )
-    examples = x if tf.is_tensor(x) else tf.convert_to_tensor(np.asarray(x))
+    examples = x if tf.is_tensor(x) else _to_tensor(x)
     if examples.shape.rank == 0 or examples.shape[0] != len(labels):
         raise ValueError(
             "`x` and `y` must hold the same number of examples. Received: "
@@ -121,8 +165,8 @@ def _check_count(name, value, minimum=1):
 
 def _index(uniform, count):
     """floor(uniform * count), clamped into [0, count - 1]."""
-    count = tf.cast(count, tf.int64)
-    scaled = tf.cast(uniform * tf.cast(count, uniform.dtype), tf.int64)
+    count = tf.cast(count, _INDEX)
+    scaled = tf.cast(uniform * tf.cast(count, uniform.dtype), _INDEX)
     return tf.clip_by_value(scaled, 0, tf.maximum(count - 1, 0))
 
 
@@ -152,7 +196,7 @@ def _load_and_batch(dataset, load_fn, batch_size, drop_remainder):
     return dataset
 
 
-def _draw_pairs(tables, key, size, positive_fraction):
+def _draw_pairs(t, tables, key, size, positive_fraction):
     """Anchor and partner indices [size] and a similar-mask, in-graph."""
     u = tf.random.stateless_uniform([6, size], key, dtype=tf.float64)
     is_similar = u[0] < positive_fraction
@@ -161,22 +205,21 @@ def _draw_pairs(tables, key, size, positive_fraction):
         # A positive anchor comes from a class with >= 2 examples. Its
         # partner is drawn from the other n - 1 members: draw j in [0, n-1)
         # and skip the anchor's own rank, so partner != anchor.
-        anchor = tf.gather(
-            tables.pool, _index(u[1], tf.size(tables.pool, tf.int64))
-        )
-        cls = tf.gather(tables.class_ids, anchor)
-        j = _index(u[2], tf.gather(tables.counts, cls) - 1)
-        j += tf.cast(j >= tf.gather(tables.rank, anchor), tf.int64)
-        partner = tables.member(cls, j)
+        pool = t["pool"]
+        anchor = tf.gather(pool, _index(u[1], tf.size(pool, _INDEX)))
+        cls = tf.gather(t["class_ids"], anchor)
+        j = _index(u[2], tf.gather(t["counts"], cls) - 1)
+        j += tf.cast(j >= tf.gather(t["rank"], anchor), _INDEX)
+        partner = _member(t, cls, j)
     if positive_fraction < 1:
         # A negative partner's class is drawn uniformly from the other
         # C - 1 classes (the same skip trick), then a member of it.
         negative = _index(u[3], tables.size)
-        cls = tf.gather(tables.class_ids, negative)
+        cls = tf.gather(t["class_ids"], negative)
         other = _index(u[4], tables.num_classes - 1)
-        other += tf.cast(other >= cls, tf.int64)
-        member = _index(u[5], tf.gather(tables.counts, other))
-        negative_partner = tables.member(other, member)
+        other += tf.cast(other >= cls, _INDEX)
+        member = _index(u[5], tf.gather(t["counts"], other))
+        negative_partner = _member(t, other, member)
         if anchor is None:
             return negative, negative_partner, is_similar
         anchor = tf.where(is_similar, anchor, negative)
@@ -282,19 +325,38 @@ def make_pair_dataset(
     static = remainder == 0 or (drop_remainder and batch_size is not None)
     dissimilar_label = 1 - similar_label
 
-    def sample(step, key):
-        n = size if static else tf.minimum(pairs - step * size, size)
+    group = max(1, _PAIRS_PER_DRAW // size)
+
+    def draw(first_step, key, t):
+        # Indices for `group` batches at once: sampling is many small ops,
+        # so drawing thousands of pairs per call keeps its cost negligible.
         anchor, partner, is_similar = _draw_pairs(
-            tables, key, n, positive_fraction
+            t, tables, key, group * size, positive_fraction
+        )
+        index = tf.stack([anchor, partner])  # [2, group * size]
+        index = tf.reshape(
+            tf.transpose(tf.reshape(index, [2, group, size]), [1, 0, 2]),
+            [group, 2 * size],
         )
         label = tf.where(is_similar, similar_label, dissimilar_label)
-        both = tf.gather(tables.examples, tf.concat([anchor, partner], 0))
+        step = first_step * group + tf.range(group, dtype=tf.int64)
+        return step, index, tf.reshape(label, [group, size])
+
+    def gather(step, index, label, t):
+        n = size
+        if not static:  # only the last batch of an epoch is short
+            n = tf.minimum(pairs - step * size, size)
+            index = tf.concat([index[:n], index[size : size + n]], 0)
+            label = label[:n]
+        both = tf.gather(t["examples"], index)  # one gather per batch
         return (both[:n], both[n:]), label
 
     dataset = tf.data.Dataset.zip(
-        tf.data.Dataset.range(steps), _seed_stream(seed, input_context)
+        tf.data.Dataset.range(-(-steps // group)),
+        _seed_stream(seed, input_context),
     )
-    dataset = dataset.map(sample, num_parallel_calls=AUTOTUNE, name="pairs")
+    dataset = tables.pipeline(dataset, draw, "draw_pairs").unbatch()
+    dataset = tables.pipeline(dataset.take(steps), gather, "gather_pairs")
     if load_fn is not None:
         pair_fn = lambda xs, label: ((load_fn(xs[0]), load_fn(xs[1])), label)  # noqa: E731
         dataset = _load_and_batch(dataset, pair_fn, batch_size, drop_remainder)
@@ -367,37 +429,32 @@ def class_balanced_dataset(
     batch = classes_per_batch * per_class
     distinct = min(per_class, tables.max_count)
 
-    def sample(key):
+    def sample(key, t):
         keys = tf.random.experimental.stateless_split(key, 3)
         scores = tf.random.stateless_uniform([tables.num_classes], keys[0])
         classes = tf.math.top_k(scores, classes_per_batch).indices
-        classes = tf.cast(classes, tf.int64)
-        counts = tf.gather(tables.counts, classes)[:, None]
+        classes = tf.cast(classes, _INDEX)
+        counts = tf.gather(t["counts"], classes)[:, None]
         # Random keys on each class's valid positions, -1 elsewhere: the
         # top K positions are K distinct members (all n when n < K).
-        columns = tf.range(tables.max_count, dtype=tf.int64)
+        columns = tf.range(tables.max_count, dtype=_INDEX)
         scores = tf.random.stateless_uniform(
             [classes_per_batch, tables.max_count], keys[1]
         )
         scores = tf.where(columns < counts, scores, -1.0)
-        ranks = tf.cast(tf.math.top_k(scores, distinct).indices, tf.int64)
+        ranks = tf.cast(tf.math.top_k(scores, distinct).indices, _INDEX)
         ranks = tf.pad(ranks, [[0, 0], [0, per_class - distinct]])
-        again = _index(
-            tf.random.stateless_uniform(
-                [classes_per_batch, per_class], keys[2], dtype=tf.float64
-            ),
-            counts,
+        again = tf.random.stateless_uniform(
+            [classes_per_batch, per_class], keys[2], dtype=tf.float64
         )
-        positions = tf.range(per_class, dtype=tf.int64)
-        ranks = tf.where(positions < counts, ranks, again)
+        positions = tf.range(per_class, dtype=_INDEX)
+        ranks = tf.where(positions < counts, ranks, _index(again, counts))
         rows = tf.broadcast_to(classes[:, None], ranks.shape)
-        index = tf.reshape(tables.member(rows, ranks), [batch])
-        return tf.gather(tables.examples, index), tf.gather(
-            tables.labels, index
-        )
+        index = tf.reshape(_member(t, rows, ranks), [batch])
+        return tf.gather(t["examples"], index), tf.gather(t["labels"], index)
 
     dataset = _seed_stream(seed, input_context)
-    dataset = dataset.map(sample, num_parallel_calls=AUTOTUNE, name="balanced")
+    dataset = tables.pipeline(dataset, sample, "balanced")
     if load_fn is not None:
         dataset = _load_and_batch(
             dataset, lambda e, label: (load_fn(e), label), batch, True
