@@ -1,12 +1,10 @@
 """Online tf.data pipelines: pairs, class-balanced batches, augmented views.
 
-The examples (or their file paths) are held once; every batch samples
-indices in-graph from per-class index tables with stateless random ops and
-gathers the examples in one `tf.gather`. Nothing loops over pairs in
-Python, so memory stays O(dataset) and every epoch draws fresh pairs.
-
-Pair labels follow the package convention: ``0`` = similar (positive) pair,
-``1`` = dissimilar, unless ``similar_label=1``.
+The examples (or their file paths) are held once. Batches are sampled
+in-graph from per-class index tables with stateless random ops and
+gathered with one `tf.gather`: no Python loop per pair, memory O(dataset),
+fresh pairs every epoch. Pair labels: ``0`` = similar pair, ``1`` =
+dissimilar, unless ``similar_label=1``.
 """
 
 import inspect
@@ -18,13 +16,9 @@ from keras_contrastive._common import check_number, check_similar_label
 from keras_contrastive._tf import tf
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Pairs per gathered chunk when `batch_size=None` (then unbatched), and
-# pairs whose indices are drawn in one call.
-_CHUNK = 1024
-_PAIRS_PER_DRAW = 8192
-# Augmented-view ids stay below 2**24 so they are exact in float32, the
-# dtype Keras casts `y_true` to.
-_MAX_ID = 2**24
+_CHUNK = 1024  # pairs per gather when `batch_size=None` (then unbatched)
+_PAIRS_PER_DRAW = 8192  # pairs whose indices one sampling call draws
+_MAX_ID = 2**24  # view ids stay exact in float32, Keras's `y_true` dtype
 _INDEX = tf.int64
 
 
@@ -153,9 +147,7 @@ def _materialize(x, y):
 
 def _check_count(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"`{name}` must be an integer. Received: {name}={value!r}"
-        )
+        raise TypeError(f"`{name}` must be an int. Received: {value!r}")
     if value < minimum:
         raise ValueError(
             f"`{name}` must be at least {minimum}. Received: {name}={value}"
@@ -170,30 +162,21 @@ def _index(uniform, count):
     return tf.clip_by_value(scaled, 0, tf.maximum(count - 1, 0))
 
 
-def _worker_seed(seed, input_context):
-    """`seed` for this input pipeline, so workers draw different streams."""
-    if seed is None or input_context is None:
-        return seed
-    return seed * 1_000_003 + input_context.input_pipeline_id
-
-
 def _seed_stream(seed, input_context=None):
-    """Endless int64 keys, a new sequence on every pass (epoch)."""
-    stream = tf.data.Dataset.random(
-        seed=_worker_seed(seed, input_context),
-        rerandomize_each_iteration=True,
-    )
+    """Endless stateless keys `[2]`, a new sequence on every pass (epoch),
+    and a different one for each input pipeline (worker)."""
+    if seed is not None and input_context is not None:
+        seed = seed * 1_000_003 + input_context.input_pipeline_id
+    stream = tf.data.Dataset.random(seed, rerandomize_each_iteration=True)
     return stream.map(lambda r: tf.stack([r, tf.constant(0, tf.int64)]))
 
 
 def _load_and_batch(dataset, load_fn, batch_size, drop_remainder):
     """Unbatch sampled rows, `load_fn` each example in parallel, re-batch."""
-    dataset = dataset.unbatch().map(
-        load_fn, num_parallel_calls=AUTOTUNE, name="load"
-    )
-    if batch_size is not None:
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    return dataset
+    dataset = dataset.unbatch().map(load_fn, num_parallel_calls=AUTOTUNE)
+    if batch_size is None:
+        return dataset
+    return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
 def _draw_pairs(t, tables, key, size, positive_fraction):
@@ -243,17 +226,15 @@ def make_pair_dataset(
     """Pairs of examples sampled online, fresh every epoch.
 
     Each pair is an anchor and a partner: with probability
-    `positive_fraction` a different example of the anchor's class (anchors
-    then come from classes with 2 or more examples), otherwise an example
-    of another class drawn uniformly among the other classes. Sampling runs
-    in-graph from per-class index tables, a whole batch at a time, followed
-    by one gather; each pass over the dataset (each `model.fit` epoch)
-    draws new pairs, and the same `seed` replays the same epochs.
+    `positive_fraction` another example of the anchor's class (such anchors
+    come from classes with 2 or more examples, so one-example classes only
+    appear in dissimilar pairs), otherwise an example of another class
+    drawn uniformly. Each pass (each `model.fit` epoch) draws new pairs;
+    the same `seed` replays the same epochs.
 
     Pair labels: ``0`` = similar pair, ``1`` = dissimilar, unless
-    ``similar_label=1`` (then ``1`` = similar). This matches
-    `keras_contrastive.losses.ContrastiveLoss` with the same
-    `similar_label`.
+    ``similar_label=1`` (then ``1`` = similar), as in
+    `keras_contrastive.losses.ContrastiveLoss`.
 
     Args:
         x: examples `[N, ...]` (array or tensor) with labels `y`; or file
@@ -267,16 +248,14 @@ def make_pair_dataset(
         pairs_per_epoch: pairs per pass over the dataset; defaults to `N`.
         similar_label: the label of similar pairs, 0 (default) or 1.
         seed: makes the sequence of epochs reproducible; `None` is random.
-        load_fn: maps one element of `x` (e.g. a file path) to an example;
-            applied after sampling in a parallel `map`, so only `x` (the
-            paths) is held in memory.
+        load_fn: maps one element of `x` (e.g. a file path) to an example,
+            after sampling, in a parallel `map`: only the paths are held.
         drop_remainder: drop the last, smaller batch of each epoch (static
             batch shapes for TPU and XLA).
-        input_context: the `tf.distribute.InputContext` passed to a
+        input_context: the `tf.distribute.InputContext` given to a
             `strategy.distribute_datasets_from_function` dataset function:
-            each input pipeline then yields per-replica batches, draws its
-            own pairs (seed offset by the pipeline id) and its share of
-            `pairs_per_epoch`.
+            each input pipeline then yields per-replica batches and draws
+            its own pairs, its share of `pairs_per_epoch`.
 
     Returns:
         A `tf.data.Dataset` of `((x1, x2), pair_label)`: `x1`, `x2` are
@@ -324,12 +303,11 @@ def make_pair_dataset(
         steps += 1
     static = remainder == 0 or (drop_remainder and batch_size is not None)
     dissimilar_label = 1 - similar_label
-
     group = max(1, _PAIRS_PER_DRAW // size)
 
     def draw(first_step, key, t):
-        # Indices for `group` batches at once: sampling is many small ops,
-        # so drawing thousands of pairs per call keeps its cost negligible.
+        # Indices for `group` batches per call: sampling is many small ops,
+        # so drawing thousands of pairs at once makes its cost negligible.
         anchor, partner, is_similar = _draw_pairs(
             t, tables, key, group * size, positive_fraction
         )
@@ -381,19 +359,14 @@ def class_balanced_dataset(
     """Endless batches of P classes x K examples, for in-batch losses.
 
     Every batch holds `classes_per_batch` (P) distinct classes drawn
-    uniformly, each with `examples_per_class` (K) of its examples, grouped
-    by class: exactly P*K examples, a static shape for XLA and TPU. A class
-    with at least K examples gives K different examples; a class smaller
-    than K gives all its examples and fills the rest by drawing from them
-    again (sampling with replacement happens only there). Cost per batch is
-    O(P x the largest class).
-
-    The dataset never ends: give `model.fit` a `steps_per_epoch`. With
-    `strategy.experimental_distribute_dataset` a batch is split across
-    replicas in order, so with P divisible by the replica count each
-    replica gets whole classes; with `input_context` (in
-    `strategy.distribute_datasets_from_function`) every replica gets its
-    own P x K batch and pipelines draw different batches.
+    uniformly, each with `examples_per_class` (K) examples, grouped by
+    class: exactly P*K, a static shape for XLA and TPU. A class with K or
+    more examples gives K different ones; a smaller class gives all of its
+    examples and repeats some (the only sampling with replacement). Cost per
+    batch is O(P x the largest class). Give `model.fit` `steps_per_epoch`.
+    `strategy.experimental_distribute_dataset` splits a batch in order
+    (whole classes per replica when P divides evenly); with `input_context`
+    each replica gets its own P x K batch.
 
     Args:
         x: examples `[N, ...]`, file paths `[N]` with `load_fn`, or a
@@ -403,7 +376,7 @@ def class_balanced_dataset(
         examples_per_class: K, at least 1.
         seed: makes the batch sequence reproducible; `None` is random.
         load_fn: maps one element of `x` (e.g. a path) to an example.
-        input_context: a `tf.distribute.InputContext` (see above).
+        input_context: a `tf.distribute.InputContext`, as above.
 
     Returns:
         An endless `tf.data.Dataset` of `(examples [P*K, ...],
@@ -462,13 +435,6 @@ def class_balanced_dataset(
     return dataset.prefetch(AUTOTUNE)
 
 
-def _takes_seed(function) -> bool:
-    try:
-        return "seed" in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def augmented_views(
     dataset: tf.data.Dataset,
     augment: Callable,
@@ -480,29 +446,26 @@ def augmented_views(
     """Each example becomes `views` augmented copies sharing a sample id.
 
     For self-supervised training (SimCLR): `augment` is applied `views`
-    times to every batch of `dataset`, independently, and the copies are
-    interleaved so the copies of one example sit next to each other
-    (``[a1, a2, b1, b2, ...]``). Each copy is labelled with its example's
-    id, the sample-id convention of `keras_contrastive.losses.NTXentLoss`
-    and the in-batch losses: copies of one example share an id, ids differ
-    between examples. So `model.fit(augmented_views(...))` works with an
-    encoder `[views*B, ...] -> [views*B, D]` and `NTXentLoss()`. Ids are
-    unique across the replicas of a step (batches split in order keep the
-    copies of an example together) and stay below 2**24, exact in float32.
+    times to every batch, independently; copies of one example sit next to
+    each other (``[a1, a2, b1, b2, ...]``) and share an id, the sample-id
+    convention of `keras_contrastive.losses.NTXentLoss` and the in-batch
+    losses. So `model.fit(augmented_views(...))` trains an encoder
+    `[views*B, ...] -> [views*B, D]` with `NTXentLoss()`. Ids are unique
+    across the replicas of a step and below 2**24 (exact in float32).
 
     Args:
-        dataset: a `tf.data.Dataset` of batches `x` `[B, ...]`, or of
-            tuples whose first item is `x` (labels are dropped). Batch with
+        dataset: a `tf.data.Dataset` of batches `x` `[B, ...]` or tuples
+            starting with `x` (the rest is dropped); batch it with
             `drop_remainder=True` for static shapes.
         augment: a function or Keras preprocessing layer `[B, ...] ->
-            [B, ...]`, random per example. If it takes a `seed` argument it
-            gets a stateless seed (an int64 tensor `[2]`, for
-            `tf.image.stateless_random_*`) derived from `seed`, the step
-            and the view, so runs replay; Keras layers use their own seed.
+            [B, ...]`, random per example. If it takes a `seed` argument,
+            it gets a stateless seed (int64 `[2]`, for
+            `tf.image.stateless_random_*`) from `seed`, step and view, so
+            runs replay; Keras layers use their own `seed`.
         views: copies per example, at least 2.
         seed: seeds the stateless `augment` seeds; `None` passes none.
-        input_context: the `tf.distribute.InputContext` in
-            `strategy.distribute_datasets_from_function`; keeps ids unique
+        input_context: the `tf.distribute.InputContext` of
+            `strategy.distribute_datasets_from_function`: ids stay unique
             across input pipelines.
 
     Returns:
@@ -525,7 +488,11 @@ def augmented_views(
     if not callable(augment):
         raise TypeError(f"`augment` must be callable. Received: {augment!r}")
     views = _check_count("views", views, minimum=2)
-    seeded = seed is not None and _takes_seed(augment)
+    try:
+        takes_seed = "seed" in inspect.signature(augment).parameters
+    except (TypeError, ValueError):
+        takes_seed = False
+    seeded = seed is not None and takes_seed
     pipelines, pipeline = 1, 0
     if input_context is not None:
         pipelines = input_context.num_input_pipelines
@@ -553,7 +520,9 @@ def augmented_views(
         return flat, tf.repeat(ids, views)
 
     indexed = tf.data.Dataset.zip(
-        tf.data.Dataset.range(2**62), _seed_stream(seed), dataset
+        tf.data.Dataset.range(2**62),
+        _seed_stream(seed, input_context),
+        dataset,
     )
     indexed = indexed.map(make_views, num_parallel_calls=AUTOTUNE, name="views")
     return indexed.prefetch(AUTOTUNE)
