@@ -365,8 +365,9 @@ def get(identifier: Miner) -> Callable:
 
     Args:
         identifier: ``"all"``, ``"pair_margin"``, ``"batch_hard"``,
-            ``"semi_hard"``, or a callable
-            ``miner(distances, positive_mask, negative_mask) -> weights``.
+            ``"semi_hard"``, a callable
+            ``miner(distances, positive_mask, negative_mask) -> weights``,
+            or the config dict of a registered callable.
 
     Returns:
         The miner function.
@@ -375,6 +376,8 @@ def get(identifier: Miner) -> Callable:
         ValueError: for an unknown name (the valid names are listed).
         TypeError: for anything that is neither a string nor a callable.
     """
+    if isinstance(identifier, dict):
+        identifier = keras.saving.deserialize_keras_object(identifier)
     if isinstance(identifier, str):
         if identifier not in MINERS:
             raise ValueError(

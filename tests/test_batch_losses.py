@@ -357,6 +357,28 @@ def test_configs_round_trip_every_argument():
     assert restored.temperature == 0.2 and restored.cross_replica
 
 
+@keras.saving.register_keras_serializable(package="test_batch_losses")
+def positives_only(distances, positive_mask, negative_mask):
+    return ops.cast(positive_mask, distances.dtype)
+
+
+def test_custom_miner_round_trips():
+    loss = BatchContrastiveLoss(miner=positives_only)
+    restored = BatchContrastiveLoss.from_config(loss.get_config())
+    np.testing.assert_allclose(float(restored(LABELS, X)),
+                               float(loss(LABELS, X)), rtol=1e-6)
+    # Same pairs as pair_margin with thresholds 0: every positive (all at
+    # D > 0 here), no negative.
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(batch_contrastive_loss(LABELS, X,
+                                                    miner=positives_only)),
+        ops.convert_to_numpy(batch_contrastive_loss(
+            LABELS, X, miner="pair_margin", pos_threshold=0.0,
+            neg_threshold=0.0)),
+        rtol=1e-6,
+    )
+
+
 def test_saved_model_keeps_the_loss(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     model.compile(optimizer="sgd",
@@ -509,6 +531,23 @@ def test_cross_replica_names_a_strategy_that_cannot_all_gather(monkeypatch):
     with pytest.raises(ValueError, match="MirroredStrategy, which cannot"):
         strategy.run(tf.function(lambda x: loss(GLOBAL_LABELS[:8], x)),
                      args=(GLOBAL_X[:8],))
+
+
+@requires_tensorflow
+def test_unknown_batch_size_in_a_graph():
+    import tensorflow as tf
+
+    for loss in [BatchContrastiveLoss(miner=m) for m in MINERS] + [
+            NTXentLoss()]:
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32),
+                                      tf.TensorSpec([None, 4], tf.float32)])
+        def run(labels, x):
+            return loss(labels, x)
+
+        np.testing.assert_allclose(
+            float(run(LABELS.astype("float32"), X)), float(loss(LABELS, X)),
+            rtol=1e-5,
+        )
 
 
 def _clusters(classes=8, per_class=24, dimension=10, seed=0):
