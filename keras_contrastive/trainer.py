@@ -2,9 +2,13 @@
 
 `run_training` loads data, holds out unseen classes and some examples of the
 seen ones, trains an encoder with the chosen loss, and writes the model,
-history, report and plots; `evaluate_encoder` computes the report's
-metrics. The CLI (`keras_contrastive.cli`) is a thin argument parser over
-these, and `benchmarks/quality.py` calls them directly.
+history, report and plots; `run_evaluation` reports on a saved model. The
+metrics and the report live in `keras_contrastive.reporting`. The CLI
+(`keras_contrastive.cli`) is a thin argument parser over these, and
+`benchmarks/quality.py` calls them directly.
+
+`args` is the `argparse.Namespace` of the CLI (`cli.build_parser()`), so
+every default is written once, in the CLI.
 """
 
 import json
@@ -16,7 +20,7 @@ import keras
 import numpy as np
 
 from keras_contrastive import data as pipelines
-from keras_contrastive import datasets, distances, evaluation
+from keras_contrastive import datasets
 from keras_contrastive.distribute import get_strategy, train
 from keras_contrastive.layers import ProjectionHead
 from keras_contrastive.losses import (
@@ -24,11 +28,18 @@ from keras_contrastive.losses import (
     ContrastiveLoss,
     NTXentLoss,
 )
+from keras_contrastive.losses import nt_xent_loss as _nt_xent_loss
 from keras_contrastive.models import SiameseModel, build_encoder
+from keras_contrastive.reporting import (
+    evaluate_encoder,
+    save_report,
+    write_report,
+)
 
 LOSSES = ("pair", "batch", "ntxent")
-# All pairs of an evaluation set up to this many, else a random sample.
-_MAX_PAIRS = 400_000
+__all__ = ["augmenter", "default_rescaling", "evaluate_encoder", "load_data",
+           "load_encoder", "prepare_output", "run_evaluation", "run_training",
+           "split"]
 
 
 def load_data(name: str, *, x_key="x", y_key="y", groups_key=None):
@@ -46,18 +57,35 @@ def load_data(name: str, *, x_key="x", y_key="y", groups_key=None):
 
 
 def split(x, y, groups, *, holdout_classes=None, holdout_fraction=0.3,
-          heldout_fraction=0.2, seed=0):
-    """Seen-class training and held-out examples, and unseen classes."""
+          heldout_fraction=0.2, seed=0) -> dict:
+    """Training examples, held-out examples of them, and unseen classes.
+
+    Whole classes (or whole groups, e.g. alphabets) are held out first:
+    `holdout_classes` by id, or `holdout_fraction` of them chosen by
+    `seed` (0 holds out none). Then `heldout_fraction` of every remaining
+    class's examples is kept for testing (validation pairs).
+
+    Returns:
+        ``{"train": (x, y), "heldout_examples": (x, y),
+        "unseen_classes": (x, y)}``.
+
+    Raises:
+        ValueError: when fewer than 2 training classes remain.
+    """
+    x, y = np.asarray(x), np.asarray(y)
     if holdout_classes:
         holdout_fraction = None
-    (x_seen, y_seen), (x_unseen, y_unseen) = datasets.split_by_class(
-        x, y, holdout_classes=holdout_classes,
-        holdout_fraction=holdout_fraction, groups=groups, seed=seed)
+    if holdout_fraction == 0 and not holdout_classes:
+        (x_seen, y_seen), (x_unseen, y_unseen) = (x, y), (x[:0], y[:0])
+    else:
+        (x_seen, y_seen), (x_unseen, y_unseen) = datasets.split_by_class(
+            x, y, holdout_classes=holdout_classes,
+            holdout_fraction=holdout_fraction, groups=groups, seed=seed)
     if len(np.unique(y_seen)) < 2:
         raise ValueError(
-            "The held-out classes leave fewer than 2 training classes. "
-            f"Received: holdout_classes={holdout_classes!r}, "
-            f"holdout_fraction={holdout_fraction!r}")
+            "The held-out classes leave fewer than 2 training classes "
+            f"({np.unique(y_seen).tolist()}). Received: holdout_classes="
+            f"{holdout_classes!r}, holdout_fraction={holdout_fraction!r}")
     (x_train, y_train), (x_held, y_held) = datasets.split_examples(
         x_seen, y_seen, fraction=heldout_fraction, seed=seed)
     return {"train": (x_train, y_train), "heldout_examples": (x_held, y_held),
@@ -71,31 +99,57 @@ def default_rescaling(x):
     return None
 
 
-def augmenter(x_shape, seed):
-    """Random shifts (10% of the side) and a little noise, for images."""
-    if len(x_shape) < 3:
+def augmenter(x_shape, seed, *, value_range=1.0, strength=1.0):
+    """Random affine jitter and a little noise for image batches.
+
+    Per image: rotation up to ``15 * strength`` degrees, zoom and shifts
+    up to ``10% * strength`` of the side (borders repeat the edge pixels,
+    so white-background images such as Omniglot stay white), then Gaussian
+    noise of ``0.02 * value_range`` (pixels are augmented raw, before the
+    model's own scaling). None for non-images (rank < 3 with the batch).
+    """
+    if len(x_shape) < 3 or strength <= 0:
         return None
     layers = keras.Sequential([
-        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant",
-                                       seed=seed),
-        keras.layers.GaussianNoise(0.02, seed=seed),
+        keras.layers.RandomRotation(strength / 24, fill_mode="nearest",
+                                    seed=seed),
+        keras.layers.RandomZoom(0.1 * strength, fill_mode="nearest",
+                                seed=seed + 1),
+        keras.layers.RandomTranslation(0.1 * strength, 0.1 * strength,
+                                       fill_mode="nearest", seed=seed + 2),
+        keras.layers.Rescaling(1.0 / value_range),
+        keras.layers.GaussianNoise(0.02, seed=seed + 3),
+        keras.layers.Rescaling(value_range),
     ])
 
     def augment(batch):
         images = keras.ops.cast(batch, "float32")
         if len(images.shape) == 3:  # [N, H, W]: no channel axis
-            images = images[..., None]
-            return layers(images, training=True)[..., 0]
+            return layers(images[..., None], training=True)[..., 0]
         return layers(images, training=True)
     return augment
 
 
-def _training_data(args, x, y, strategy):
+def _augment_for(args, x):
+    if not args.augment:
+        return None
+    value_range = 255.0 if x.dtype == np.uint8 else float(
+        max(1.0, np.max(x[:1000]))) if x.size else 1.0
+    return augmenter(x.shape, args.seed, value_range=value_range,
+                     strength=args.augment_strength)
+
+
+def steps_per_epoch(args, num_train: int) -> int:
+    """``--steps-per-epoch``, by default one pass over the training set."""
+    return args.steps_per_epoch or max(1, num_train // args.batch_size)
+
+
+def _training_data(args, x, y):
     """The tf.data pipeline and steps per epoch for `args.loss`."""
     import tensorflow as tf
 
-    augment = augmenter(x.shape, args.seed) if args.augment else None
-    steps = args.steps_per_epoch or max(1, len(x) // args.batch_size)
+    augment = _augment_for(args, x)
+    steps = steps_per_epoch(args, len(x))
     if args.loss == "pair":
         dataset = pipelines.make_pair_dataset(
             x, y, batch_size=args.batch_size, seed=args.seed,
@@ -106,130 +160,143 @@ def _training_data(args, x, y, strategy):
                                      label),
                 num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.repeat(), steps
-    per_class = args.examples_per_class
-    classes = min(len(np.unique(y)), max(2, args.batch_size // per_class))
+    views = 2 if args.instance_weight > 0 else 1
+    num_classes = len(np.unique(y))
+    batch = max(2, args.batch_size // views)
+    per_class = min(args.examples_per_class, batch // 2)
+    classes = min(num_classes, max(2, batch // per_class))
     # Few classes: more examples of each, so the batch keeps its size.
-    per_class = max(per_class, args.batch_size // classes)
+    per_class = max(per_class, batch // classes)
     dataset = pipelines.class_balanced_dataset(
         x, y, classes_per_batch=classes, examples_per_class=per_class,
         seed=args.seed)
-    if augment is not None:
-        dataset = dataset.map(lambda images, labels: (augment(images), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+    if views == 1:
+        if augment is not None:
+            dataset = dataset.map(
+                lambda images, labels: (augment(images), labels),
+                num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE), steps
+
+    def two_views(images, labels):
+        # [a1, a2, b1, b2, ...]; targets (class, sample id) per row.
+        copies = [augment(images) if augment is not None
+                  else tf.cast(images, "float32") for _ in range(2)]
+        stacked = tf.stack(copies, axis=1)
+        shape = tf.shape(stacked)
+        flat = tf.reshape(stacked, tf.concat([[-1], shape[2:]], 0))
+        ids = tf.range(shape[0], dtype=labels.dtype)
+        targets = tf.stack([tf.repeat(labels, 2), tf.repeat(ids, 2)], 1)
+        return flat, targets
+
+    dataset = dataset.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE), steps
 
 
-def _compile(args, encoder, strategy):
-    """The model that is trained, compiled with the loss of `args.loss`."""
+class _WithInstanceLoss(keras.losses.Loss):
+    """A class loss plus ``weight`` x NT-Xent between two views of each
+    example: ``y_true`` is `[B, 2]`, (class label, sample id) per row.
+
+    The instance term keeps what tells single examples apart, which the
+    class term alone would collapse; that is what transfers to classes
+    never trained on.
+    """
+
+    def __init__(self, class_loss, *, weight, temperature, cross_replica,
+                 name="class_and_instance_loss"):
+        super().__init__(name=name)
+        self.class_loss = class_loss
+        self.weight = weight
+        self.temperature = temperature
+        self.cross_replica = cross_replica
+
+    def call(self, y_true, y_pred):
+        class_term = self.class_loss.call(y_true[:, 0], y_pred)
+        instance_term = _nt_xent_loss(
+            y_true[:, 1], y_pred, temperature=self.temperature,
+            cross_replica=self.cross_replica)
+        return class_term + self.weight * instance_term
+
+
+def _compile(args, encoder, strategy, total_steps):
+    """The model that is trained, compiled with the loss of `args.loss`.
+
+    In-batch losses train a wrapper around the encoder, so the saved
+    encoder carries no training configuration.
+    """
     cross_replica = strategy.num_replicas_in_sync > 1
-    optimizer = keras.optimizers.Adam(args.learning_rate)
+    optimizer = keras.optimizers.Adam(_learning_rate(args, total_steps))
     if args.loss == "pair":
         model = SiameseModel(encoder, metric=args.metric)
         model.compile(optimizer=optimizer, loss=ContrastiveLoss(
             margin=args.margin, positive_margin=args.positive_margin))
         return model
+    inputs = keras.Input(encoder.input_shape[1:],
+                         dtype=encoder.inputs[0].dtype)
+    outputs = encoder(inputs)
     if args.loss == "batch":
         loss = BatchContrastiveLoss(
             margin=args.margin, positive_margin=args.positive_margin,
             metric=args.metric, miner=args.miner, cross_replica=cross_replica)
-        model = encoder
     else:
         loss = NTXentLoss(temperature=args.temperature,
                           cross_replica=cross_replica)
-        model = keras.Sequential(
-            [encoder, ProjectionHead(args.embedding_dim,
-                                     hidden_units=(args.embedding_dim * 2,))])
+        outputs = ProjectionHead(
+            args.embedding_dim, hidden_units=(args.embedding_dim * 2,),
+            name="projection_head")(outputs)
+    if args.instance_weight > 0:
+        loss = _WithInstanceLoss(
+            loss, weight=args.instance_weight,
+            temperature=args.instance_temperature,
+            cross_replica=cross_replica)
+    model = keras.Model(inputs, outputs, name="training_model")
     model.compile(optimizer=optimizer, loss=loss)
     return model
 
 
-def _pair_indices(y, seed):
-    """All pairs of a small set, or a balanced random sample of a big one."""
-    n = len(y)
-    if n * (n - 1) // 2 <= _MAX_PAIRS:
-        first, second = np.triu_indices(n, k=1)
-        return first, second
-    rng = np.random.default_rng(seed)
-    first = rng.integers(0, n, size=_MAX_PAIRS)
-    same_class = rng.random(_MAX_PAIRS) < 0.5
-    order = np.argsort(y, kind="stable")
-    starts = np.searchsorted(y[order], y[first], side="left")
-    counts = np.searchsorted(y[order], y[first], side="right") - starts
-    positive = order[starts + (rng.random(_MAX_PAIRS) * counts).astype(int)]
-    second = np.where(same_class, positive, rng.integers(0, n, _MAX_PAIRS))
-    keep = first != second
-    return first[keep], second[keep]
+def _learning_rate(args, total_steps):
+    """Constant, or cosine decay to 0 over the run (``--lr-schedule``)."""
+    if args.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            args.learning_rate, decay_steps=max(1, total_steps))
+    return args.learning_rate
 
 
-def evaluate_encoder(encoder, x, y, *, metric="euclidean", seed=0,
-                     batch_size=256) -> dict:
-    """Verification (over pairs) and retrieval metrics of one labelled set.
-
-    Pair labels follow the package convention: 0 = similar pair.
-    """
-    embeddings = np.asarray(encoder.predict(x, batch_size=batch_size,
-                                            verbose=0))
-    first, second = _pair_indices(np.asarray(y), seed)
-    pair_distances = keras.ops.convert_to_numpy(
-        distances.get(metric)(embeddings[first], embeddings[second]))
-    pair_labels = (y[first] != y[second]).astype("int64")
-    report = evaluation.verification_metrics(pair_distances, pair_labels)
-    report.update(evaluation.retrieval_metrics(embeddings, y, metric=metric))
-    report["num_examples"] = int(len(y))
-    report["num_classes"] = int(len(np.unique(y)))
-    return {"metrics": report, "embeddings": embeddings,
-            "distances": pair_distances, "pair_labels": pair_labels}
-
-
-def write_report(out, parts, encoder, metric, seed, extra, plots=True):
-    """Evaluate each part, write report.json and the two plots."""
-    report = dict(extra)
-    results = {}
-    for name, (x, y) in parts.items():
-        if len(y) >= 2 and len(np.unique(y)) >= 2:
-            results[name] = evaluate_encoder(encoder, x, y, metric=metric,
-                                             seed=seed)
-            report[name] = results[name]["metrics"]
-    if plots and results:
-        from keras_contrastive import visualization
-
-        shown = results.get("unseen_classes") or next(iter(results.values()))
-        name = "unseen_classes" if "unseen_classes" in results else "all"
-        visualization.plot_distance_histogram(
-            shown["distances"], shown["pair_labels"],
-            threshold=shown["metrics"]["threshold"],
-            margin=extra.get("arguments", {}).get("margin"),
-            path=os.path.join(out, "distance_histogram.png"))
-        labels = np.concatenate([parts[k][1] for k in results])
-        points = np.concatenate([results[k]["embeddings"] for k in results])
-        visualization.plot_embeddings(
-            points, labels, path=os.path.join(out, "embeddings.png"))
-        report["plotted_pairs"] = name
-    with open(os.path.join(out, "report.json"), "w") as handle:
-        json.dump(report, handle, indent=2, default=_jsonable)
-    return report
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def prepare_output(out: str, overwrite: bool):
+def prepare_output(out: str, overwrite: bool, *, create: bool = True):
+    """Refuse a non-empty output folder unless `overwrite`; create it."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"The output path {out!r} exists and is a file.")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise ValueError(
             f"The output folder {out!r} exists and is not empty; pass "
             "--overwrite to write into it anyway.")
-    os.makedirs(out, exist_ok=True)
+    if create:
+        os.makedirs(out, exist_ok=True)
+
+
+def _few_shot_options(args) -> Optional[dict]:
+    if not getattr(args, "few_shot_ways", 0):
+        return None
+    return {"ways": args.few_shot_ways, "shots": args.few_shot_shots,
+            "episodes": args.few_shot_episodes}
 
 
 def run_training(args, *, verbose: int = 1) -> dict:
-    """Train, save and report, as `keras-contrastive train` does."""
+    """Train, save and report, as `keras-contrastive train` does.
+
+    Args:
+        args: the parsed ``train`` options of `keras_contrastive.cli`.
+        verbose: Keras progress output (0 silent, 1 bars, 2 lines).
+
+    Returns:
+        The report, also written to ``<args.out>/report.json``.
+
+    Raises:
+        ValueError: bad data, split or output folder.
+    """
     started = time.time()
-    prepare_output(args.out, args.overwrite)
+    prepare_output(args.out, args.overwrite, create=False)
+    if args.tensorboard:
+        _check_tensorboard()
     keras.utils.set_random_seed(args.seed)
     x, y, groups = load_data(args.data, x_key=args.x_key,
                              groups_key=args.groups_key)
@@ -237,14 +304,18 @@ def run_training(args, *, verbose: int = 1) -> dict:
                   holdout_fraction=args.holdout_fraction,
                   heldout_fraction=args.heldout_fraction, seed=args.seed)
     x_train, y_train = parts.pop("train")
+    # Losses take class ids 0..C-1 (exact in float32, whatever y holds).
+    class_ids, train_labels = np.unique(y_train, return_inverse=True)
+    prepare_output(args.out, args.overwrite)
     strategy = get_strategy(args.strategy)
     with strategy.scope():
         encoder = build_encoder(
             x.shape[1:], embedding_dim=args.embedding_dim,
             architecture=args.encoder, normalize=args.normalize,
-            rescaling=default_rescaling(x))
-        model = _compile(args, encoder, strategy)
-    dataset, steps = _training_data(args, x_train, y_train, strategy)
+            rescaling=default_rescaling(x), base_filters=args.base_filters)
+        model = _compile(args, encoder, strategy,
+                         args.epochs * steps_per_epoch(args, len(y_train)))
+    dataset, steps = _training_data(args, x_train, train_labels)
     callbacks = [keras.callbacks.CSVLogger(
         os.path.join(args.out, "history.csv"))]
     if args.tensorboard:
@@ -260,26 +331,38 @@ def run_training(args, *, verbose: int = 1) -> dict:
                             steps_per_epoch=steps, callbacks=callbacks,
                             verbose=verbose)
     train_time = time.time() - train_started
-    siamese = SiameseModel(encoder, metric=args.metric)
-    siamese.save(os.path.join(args.out, "model.keras"))
+    SiameseModel(encoder, metric=args.metric).save(
+        os.path.join(args.out, "model.keras"))
     encoder.save(os.path.join(args.out, "encoder.keras"))
     extra = {
         "data": {"name": args.data, "num_examples": int(len(y)),
-                 "input_shape": list(x.shape[1:]),
+                 "input_shape": list(x.shape[1:]), "dtype": str(x.dtype),
                  "num_train": int(len(y_train)),
-                 "train_classes": np.unique(y_train).tolist(),
+                 "num_heldout_examples": int(len(parts["heldout_examples"][1])),
+                 "num_unseen_examples": int(len(parts["unseen_classes"][1])),
+                 "train_classes": class_ids.tolist(),
                  "unseen_classes": np.unique(parts["unseen_classes"][1])
                  .tolist()},
         "arguments": vars(args),
+        "steps_per_epoch": steps,
         "final_loss": float(history.history["loss"][-1]),
         "train_time_s": round(train_time, 2),
     }
-    report = write_report(args.out, parts, encoder, args.metric, args.seed,
-                          extra)
+    report = write_report(args.out, parts, encoder, metric=args.metric,
+                          seed=args.seed, extra=extra, margin=args.margin,
+                          few_shot_options=_few_shot_options(args))
     report["wall_time_s"] = round(time.time() - started, 2)
-    with open(os.path.join(args.out, "report.json"), "w") as handle:
-        json.dump(report, handle, indent=2, default=_jsonable)
+    save_report(args.out, report)
     return report
+
+
+def _check_tensorboard():
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "--tensorboard needs the tensorboard package (not part of "
+            "tensorflow-cpu): pip install tensorboard") from None
 
 
 def _multi_worker_type():
@@ -289,21 +372,33 @@ def _multi_worker_type():
 
 
 def load_encoder(path: str):
-    """The encoder of a saved `model.keras` (SiameseModel) or encoder."""
+    """`(encoder, metric)` of a saved `model.keras` (SiameseModel) or an
+    encoder; ValueError naming the file when it cannot be read."""
     if not os.path.isfile(path):
         raise ValueError(f"No model file at {path!r}.")
     try:
         model = keras.saving.load_model(path, compile=False)
-    except Exception as error:
+    except Exception as error:  # Keras raises many kinds here
+        reason = str(error).strip().splitlines()
         raise ValueError(
-            f"Could not read a Keras model from {path!r}: {error}") from None
+            f"Could not read a Keras model from {path!r}: "
+            f"{reason[0] if reason else type(error).__name__}") from None
+    if not isinstance(model, keras.Model) or len(model.inputs) != (
+            2 if isinstance(model, SiameseModel) else 1):
+        raise ValueError(f"{path!r} is not a SiameseModel or an encoder.")
     metric = getattr(model, "metric", "euclidean")
     encoder = model.encoder if isinstance(model, SiameseModel) else model
     return encoder, metric
 
 
 def run_evaluation(args) -> dict:
-    """Report for a trained model, on the run's split when it is known."""
+    """Report for a trained model, on the run's split when it is known.
+
+    When the training run's ``report.json`` sits beside the model, its
+    validation threshold is applied (``at_validation_threshold``), and if
+    the data is the same its split is reused; other data is evaluated as
+    one part, ``all``.
+    """
     encoder, metric = load_encoder(args.model)
     x, y, groups = load_data(args.data, x_key=args.x_key,
                              groups_key=args.groups_key)
@@ -311,20 +406,28 @@ def run_evaluation(args) -> dict:
     if tuple(x.shape[1:]) != expected:
         raise ValueError(
             f"The data's examples have shape {tuple(x.shape[1:])} but the "
-            f"model expects {expected}.")
+            f"model {args.model!r} expects {expected}.")
     prepare_output(args.out, args.overwrite)
     run_report = os.path.join(os.path.dirname(args.model), "report.json")
     parts: dict = {"all": (x, y)}
-    trained: Optional[dict] = None
+    trained: dict = {}
     if os.path.isfile(run_report):
         with open(run_report) as handle:
-            trained = json.load(handle).get("arguments")
-    if trained and trained.get("data") == args.data:
+            trained = json.load(handle)
+    arguments = trained.get("arguments") or {}
+    same_data = (arguments.get("data") == args.data
+                 and arguments.get("x_key", "x") == args.x_key)
+    if same_data:
         parts = split(x, y, groups,
-                      holdout_classes=trained["holdout_classes"],
-                      holdout_fraction=trained["holdout_fraction"],
-                      heldout_fraction=trained["heldout_fraction"],
-                      seed=trained["seed"])
+                      holdout_classes=arguments["holdout_classes"],
+                      holdout_fraction=arguments["holdout_fraction"],
+                      heldout_fraction=arguments["heldout_fraction"],
+                      seed=arguments["seed"])
         parts.pop("train")
-    return write_report(args.out, parts, encoder, metric, args.seed,
-                        {"model": args.model, "data": args.data})
+    extra = {"model": args.model, "data": args.data,
+             "split_from": run_report if same_data else None}
+    return write_report(
+        args.out, parts, encoder, metric=metric, seed=args.seed, extra=extra,
+        threshold=None if same_data else trained.get("validation_threshold"),
+        margin=arguments.get("margin"),
+        few_shot_options=_few_shot_options(args))
