@@ -122,6 +122,10 @@ def _train_options(train):
     train.add_argument("--instance-temperature", type=_positive_float,
                        default=0.2, help="temperature of that term "
                        "(default 0.2)")
+    train.add_argument(
+        "--instance-head", action=argparse.BooleanOptionalAction,
+        default=True, help="apply that term through a projection head "
+        "(SimCLR's), not to the embedding itself")
     train.add_argument("--metric", choices=METRICS, default="euclidean",
                        help="distance between embeddings (default euclidean)")
     train.add_argument("--encoder", choices=ENCODERS, default="cnn",

@@ -198,21 +198,27 @@ class _WithInstanceLoss(keras.losses.Loss):
 
     The instance term keeps what tells single examples apart, which the
     class term alone would collapse; that is what transfers to classes
-    never trained on.
+    never trained on. With `split`, ``y_pred[:, :split]`` is the embedding
+    (class term) and ``y_pred[:, split:]`` an instance projection of it.
     """
 
     def __init__(self, class_loss, *, weight, temperature, cross_replica,
-                 name="class_and_instance_loss"):
+                 split=None, name="class_and_instance_loss"):
         super().__init__(name=name)
         self.class_loss = class_loss
         self.weight = weight
         self.temperature = temperature
         self.cross_replica = cross_replica
+        self.split = split
 
     def call(self, y_true, y_pred):
-        class_term = self.class_loss.call(y_true[:, 0], y_pred)
+        embedding, projection = y_pred, y_pred
+        if self.split is not None:
+            embedding = y_pred[:, :self.split]
+            projection = y_pred[:, self.split:]
+        class_term = self.class_loss.call(y_true[:, 0], embedding)
         instance_term = _nt_xent_loss(
-            y_true[:, 1], y_pred, temperature=self.temperature,
+            y_true[:, 1], projection, temperature=self.temperature,
             cross_replica=self.cross_replica)
         return class_term + self.weight * instance_term
 
@@ -244,10 +250,17 @@ def _compile(args, encoder, strategy, total_steps):
             args.embedding_dim, hidden_units=(args.embedding_dim * 2,),
             name="projection_head")(outputs)
     if args.instance_weight > 0:
+        split = None
+        if args.instance_head:
+            split = outputs.shape[-1]
+            head = ProjectionHead(
+                args.embedding_dim, hidden_units=(args.embedding_dim * 2,),
+                name="instance_head")(outputs)
+            outputs = keras.layers.Concatenate()([outputs, head])
         loss = _WithInstanceLoss(
             loss, weight=args.instance_weight,
             temperature=args.instance_temperature,
-            cross_replica=cross_replica)
+            cross_replica=cross_replica, split=split)
     model = keras.Model(inputs, outputs, name="training_model")
     model.compile(optimizer=optimizer, loss=loss)
     return model
