@@ -14,7 +14,6 @@ next to the same probe on raw pixels. Runs offline on a CPU.
 import argparse
 
 import keras
-import numpy as np
 import tensorflow as tf
 from sklearn.linear_model import LogisticRegression
 
