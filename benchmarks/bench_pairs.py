@@ -18,7 +18,7 @@ counts only what that method adds:
 Data: MNIST-shaped, 60,000 x 28 x 28 uint8 -> float32 in [0, 1]: the
 images of ``--data`` (an .npz with x and y) tiled to 60,000, or random.
 
-    python benchmarks/bench_pairs.py [--data PATH.npz] [--fit-steps 60]
+    python benchmarks/bench_pairs.py [--data PATH.npz] [--rounds 3]
 """
 
 import argparse
@@ -241,6 +241,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=None, help=".npz with x and y")
     parser.add_argument("--fit-steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--method", choices=["loop", "pipeline", "fit"])
     args = parser.parse_args()
     if args.method:
@@ -248,7 +249,18 @@ def main():
         print(json.dumps(run[args.method](args)))
         return
     load_before = os.getloadavg()[0]
-    loop, pipeline = measure("loop", args), measure("pipeline", args)
+    # Alternate the two, keep each one's best rate and worst peak memory:
+    # a shared machine's load then penalises neither side.
+    loops, pipelines = [], []
+    for _ in range(args.rounds):
+        loops.append(measure("loop", args))
+        pipelines.append(measure("pipeline", args))
+    loop = max(loops, key=lambda r: r["pairs"] / r["seconds"])
+    loop["peak_extra"] = max(r["peak_extra"] for r in loops)
+    pipeline = max(pipelines, key=lambda r: r["pairs_per_s"])
+    for key in ("pairs_per_cpu_s", "python_pairs_per_s"):
+        pipeline[key] = max(r[key] for r in pipelines)
+    pipeline["peak_extra"] = max(r["peak_extra"] for r in pipelines)
     fit = measure("fit", args)
     loop_rate = loop["pairs"] / loop["seconds"]
     beyond = (pipeline["peak_extra"] - pipeline["data_bytes"]) / MIB
@@ -257,6 +269,7 @@ def main():
         "data": args.data or "random uint8",
         "examples": 60_000,
         "batch_size": BATCH,
+        "rounds": args.rounds,
         "loop_pairs_per_s": round(loop_rate),
         "pipeline_pairs_per_s": round(pipeline["pairs_per_s"]),
         "pipeline_pairs_per_cpu_second": round(pipeline["pairs_per_cpu_s"]),
