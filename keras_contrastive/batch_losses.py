@@ -8,11 +8,13 @@ reduces, weights and scales them for replicas. Re-exported by
 `keras_contrastive.losses`.
 """
 
+import functools
+
 import keras
 from keras import ops
 
 from keras_contrastive import distances, mining
-from keras_contrastive._all_pairs import all_pairs_loss
+from keras_contrastive._all_pairs import all_pairs_loss, xla_on_tensorflow
 from keras_contrastive._common import check_margins, check_number, margin_loss
 from keras_contrastive.distances import _unit_rows, compute_dtype
 
@@ -80,6 +82,21 @@ class _Batch:
         if self.distributed is None:
             return value
         return ops.sum(self.candidates(ops.reshape(value, [1])))
+
+
+def _rank_hardest(x, others, positive, negative, ranking):
+    # Squared distances rank pairs like euclidean ones, without a sqrt.
+    if ranking == "euclidean":
+        ranking = "squared_euclidean"
+    distance = distances.pairwise_distances(x, others, ranking)
+    return mining.batch_hard_indices(
+        ops.stop_gradient(distance), positive, negative
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _hardest_pairs():
+    return xla_on_tensorflow(_rank_hardest)
 
 
 def batch_contrastive_loss(
@@ -174,16 +191,10 @@ def batch_contrastive_loss(
     scale = ops.cast(batch.size, x.dtype)
     positive, negative = batch.masks()
     if miner_name == "batch_hard":
-        # Only 2 pairs per anchor: mine without gradient (on squared
-        # distances for euclidean: same order, no sqrt), then recompute the
+        # Only 2 pairs per anchor: mine without gradient, then recompute the
         # 2 distances row by row, so the gradient skips the [B, M] matrix.
-        ranking = "squared_euclidean" if metric_name == "euclidean" else metric
-        positive_index, negative_index, valid = mining.batch_hard_indices(
-            ops.stop_gradient(
-                distances.pairwise_distances(x, others, ranking)
-            ),
-            positive,
-            negative,
+        positive_index, negative_index, valid = _hardest_pairs()(
+            x, others, positive, negative, ranking=metric_name or metric
         )
         positive_loss = margin_loss(
             metric_function(x, ops.take(candidates, positive_index, axis=0)),

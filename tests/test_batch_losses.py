@@ -180,22 +180,21 @@ def _duplicates():
 
 @pytest.mark.parametrize("miner", MINERS)
 def test_finite_gradients_with_duplicate_embeddings(miner):
-    x = _duplicates()
-    for metric in METRICS:
-        def loss(x):
-            return ops.mean(
-                batch_contrastive_loss(LABELS, x, metric=metric, miner=miner)
+    def every_metric(x):
+        return [
+            value_and_gradient(
+                lambda x: ops.mean(batch_contrastive_loss(
+                    LABELS, x, metric=metric, miner=miner)),
+                x,
             )
+            for metric in METRICS
+        ]
 
-        for run in (value_and_gradient, compile_xla(
-                lambda x: value_and_gradient(loss, x))):
-            if run is value_and_gradient:
-                value, (grad,) = run(loss, x)
-            else:
-                value, (grad,) = run(x)
-            assert np.isfinite(float(value)), (metric, miner)
-            assert np.all(np.isfinite(ops.convert_to_numpy(grad))), (
-                metric, miner)
+    x = _duplicates()
+    for results in (every_metric(x), compile_xla(every_metric)(x)):
+        for metric, (value, (grad,)) in zip(METRICS, results):
+            assert np.isfinite(float(value)), metric
+            assert np.all(np.isfinite(ops.convert_to_numpy(grad))), metric
 
 
 def test_nt_xent_finite_gradients_with_duplicates_and_small_temperature():
