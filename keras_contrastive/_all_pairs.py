@@ -121,7 +121,9 @@ def xla_on_tensorflow(function):
         return function
     import tensorflow as tf
 
-    return tf.function(function, jit_compile=True, autograph=False)
+    return tf.function(
+        function, jit_compile=True, autograph=False, reduce_retracing=True
+    )
 
 
 @functools.lru_cache(maxsize=64)
