@@ -1,7 +1,6 @@
 """BatchContrastiveLoss and NTXentLoss: numpy loops, gradients, XLA, mixed
 precision, saving, MirroredStrategy, training."""
 
-import functools
 
 import keras
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 from conftest import (
     compile_xla,
     requires_tensorflow,
+    two_replica_strategy,
     value_and_gradient,
 )
 from keras import ops
@@ -454,13 +454,8 @@ def _value_and_weight_gradient(loss, x, labels):
     return value, tape.gradient(value, weights)
 
 
-@functools.lru_cache(maxsize=None)
 def _two_replicas():
-    # One strategy per process: collectives of several MirroredStrategy
-    # objects can clash on instance keys.
-    import tensorflow as tf
-
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return two_replica_strategy()
 
 
 def _on_two_replicas(loss):

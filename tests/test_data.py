@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import requires_tensorflow
+from conftest import requires_tensorflow, two_replica_strategy
 
 tf = pytest.importorskip("tensorflow")
 
@@ -167,7 +167,7 @@ def test_model_fit_on_pairs():
 
 
 def mirrored():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return two_replica_strategy()
 
 
 def replica_values(strategy, value):
