@@ -176,7 +176,7 @@ def omniglot(path, seed, work):
     report, wall = run_cli("train", "--out", out, "--quiet", *options)
     shot = report["unseen_classes"]["few_shot"]
     ours = {"wall_s": wall, "train_time_s": report["train_time_s"],
-            "unseen_alphabets": report["data"]["unseen_classes"],
+            "unseen_alphabets": report["data"]["unseen_groups"],
             "one_shot_20_way": round(shot["accuracy"], 4),
             "ci95": round(shot["ci95"], 4), "ways": shot["ways"],
             "unseen_roc_auc": round(report["unseen_classes"]["roc_auc"], 4)}

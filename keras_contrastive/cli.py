@@ -124,8 +124,8 @@ def _train_options(train):
                        "(default 0.2)")
     train.add_argument(
         "--instance-head", action=argparse.BooleanOptionalAction,
-        default=True, help="apply that term through a projection head "
-        "(SimCLR's), not to the embedding itself")
+        default=False, help="apply that term through a projection head "
+        "(SimCLR's), not to the embedding itself (default off)")
     train.add_argument("--metric", choices=METRICS, default="euclidean",
                        help="distance between embeddings (default euclidean)")
     train.add_argument("--encoder", choices=ENCODERS, default="cnn",
