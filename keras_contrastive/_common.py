@@ -7,6 +7,38 @@ import keras
 from keras import ops
 
 
+def resolve(identifier, registry: dict, *, argument: str, usage: str):
+    """A registry entry by name, a callable as is, or a saved callable.
+
+    Shared by `distances.get` and `mining.get`: `argument` names the
+    argument in errors, `usage` describes the callable form.
+    """
+    if isinstance(identifier, dict):
+        identifier = keras.saving.deserialize_keras_object(identifier)
+    if isinstance(identifier, str):
+        if identifier not in registry:
+            raise ValueError(
+                f"Unknown `{argument}`: {identifier!r}. Valid names are "
+                f"{sorted(registry)}, or pass a callable {usage}."
+            )
+        return registry[identifier]
+    if callable(identifier):
+        return identifier
+    raise TypeError(
+        f"`{argument}` must be a name from {sorted(registry)} or a callable "
+        f"{usage}. Received: {argument}={identifier!r} of type "
+        f"{type(identifier).__name__}"
+    )
+
+
+def registered_name(function, registry: dict):
+    """The name under which `function` is in `registry`, or None."""
+    for name, entry in registry.items():
+        if function is entry:
+            return name
+    return None
+
+
 def is_concrete(x) -> bool:
     """True when `x` holds values now (eager), False while tracing a graph."""
     if keras.backend.is_keras_tensor(x):

@@ -17,6 +17,8 @@ from typing import Callable, Optional, Union
 import keras
 from keras import ops
 
+from keras_contrastive._common import registered_name, resolve
+
 # Squared distances at or below this value are treated as exactly zero before
 # the square root. sqrt has an infinite slope at 0, and XLA turns the
 # resulting 0 * inf into NaN; 1e-30 only affects distances below 1e-15, far
@@ -180,41 +182,21 @@ def get(identifier: Metric) -> Callable:
         ValueError: for an unknown name (the valid names are listed).
         TypeError: for anything that is neither a string nor a callable.
     """
-    if isinstance(identifier, dict):
-        identifier = keras.saving.deserialize_keras_object(identifier)
-    if isinstance(identifier, str):
-        if identifier not in _METRICS:
-            raise ValueError(
-                f"Unknown `metric`: {identifier!r}. Valid names are "
-                f"{sorted(_METRICS)}, or pass a callable f(a, b) -> [N]."
-            )
-        return _METRICS[identifier]
-    if callable(identifier):
-        return identifier
-    raise TypeError(
-        "`metric` must be a name from "
-        f"{sorted(_METRICS)} or a callable f(a, b) -> [N]. "
-        f"Received: metric={identifier!r} of type {type(identifier).__name__}"
-    )
+    return resolve(identifier, _METRICS, argument="metric",
+                   usage="f(a, b) -> [N]")
 
 
 def serialize(metric: Metric):
     """The JSON-friendly form of a metric for a `get_config`."""
     if isinstance(metric, (str, dict)):
         return metric
-    for name, function in _METRICS.items():
-        if metric is function:
-            return name
-    return keras.saving.serialize_keras_object(metric)
+    name = registered_name(metric, _METRICS)
+    return name or keras.saving.serialize_keras_object(metric)
 
 
 def name_of(metric: Metric) -> Optional[str]:
     """The built-in name of `metric`, or None for a custom callable."""
-    metric = get(metric)
-    for name, function in _METRICS.items():
-        if metric is function:
-            return name
-    return None
+    return registered_name(get(metric), _METRICS)
 
 
 def pairwise_distances(x, y=None, metric: Metric = "euclidean"):

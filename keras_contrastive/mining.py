@@ -29,7 +29,7 @@ from typing import Callable, Optional, Union
 import keras
 from keras import ops
 
-from keras_contrastive._common import check_number
+from keras_contrastive._common import check_number, registered_name, resolve
 
 # Largest finite value of each float dtype (numpy lacks bfloat16).
 _FINITE_MAX = {
@@ -376,31 +376,15 @@ def get(identifier: Miner) -> Callable:
         ValueError: for an unknown name (the valid names are listed).
         TypeError: for anything that is neither a string nor a callable.
     """
-    if isinstance(identifier, dict):
-        identifier = keras.saving.deserialize_keras_object(identifier)
-    if isinstance(identifier, str):
-        if identifier not in MINERS:
-            raise ValueError(
-                f"Unknown `miner`: {identifier!r}. Valid names are "
-                f"{sorted(MINERS)}, or pass a callable "
-                "miner(distances, positive_mask, negative_mask) -> weights."
-            )
-        return MINERS[identifier]
-    if callable(identifier):
-        return identifier
-    raise TypeError(
-        f"`miner` must be a name from {sorted(MINERS)} or a callable. "
-        f"Received: miner={identifier!r} of type {type(identifier).__name__}"
+    return resolve(
+        identifier, MINERS, argument="miner",
+        usage="miner(distances, positive_mask, negative_mask) -> weights",
     )
 
 
 def name_of(miner: Miner) -> Optional[str]:
     """The built-in name of `miner`, or None for a custom callable."""
-    miner = get(miner)
-    for name, function in MINERS.items():
-        if miner is function:
-            return name
-    return None
+    return registered_name(get(miner), MINERS)
 
 
 __all__ = [
