@@ -10,9 +10,17 @@ dissimilar, unless ``similar_label=1``.
 import inspect
 from typing import Any, Callable, Optional
 
-import numpy as np
-
 from keras_contrastive._common import check_number, check_similar_label
+from keras_contrastive._sampling import (
+    INDEX_DTYPE,
+    Tables,
+    check_count,
+    class_member,
+    draw_pairs,
+    load_and_batch,
+    seed_stream,
+    uniform_index,
+)
 from keras_contrastive._tf import tf
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -23,195 +31,6 @@ _PAIRS_PER_DRAW = 8192  # pairs whose indices one sampling call draws
 # MNIST batches) for no speed.
 _PREFETCH = 4
 _MAX_ID = 2**24  # view ids stay exact in float32, Keras's `y_true` dtype
-_INDEX = tf.int64
-
-
-class _Tables:
-    """Examples plus per-class index tables, built once from the labels."""
-
-    def __init__(self, x, y):
-        examples, labels = _materialize(x, y)
-        classes, class_ids, counts = np.unique(
-            labels, return_inverse=True, return_counts=True
-        )
-        if len(classes) < 2:
-            raise ValueError(
-                "Pairs and class-balanced batches need at least 2 classes. "
-                f"Received labels with {len(classes)} class(es): "
-                f"{classes[:5].tolist()}"
-            )
-        order = np.argsort(class_ids, kind="stable")
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        rank = np.empty(len(labels), np.int64)
-        rank[order] = np.arange(len(labels)) - offsets[class_ids[order]]
-        pool = np.flatnonzero(counts[class_ids] >= 2)
-        self.size, self.num_classes = len(labels), len(classes)
-        self.max_count, self.has_positives = int(counts.max()), pool.size > 0
-        index = lambda a: tf.constant(a, _INDEX)  # noqa: E731
-        self.tensors = dict(
-            examples=examples,
-            labels=tf.constant(labels),
-            class_ids=index(class_ids),
-            order=index(order),
-            offsets=index(offsets),
-            counts=index(counts),
-            rank=index(rank),
-            pool=index(pool),
-        )
-
-    def pipeline(self, dataset, sample, name):
-        """`dataset` mapped by `sample(*element, tensors)` in parallel."""
-        tensors = self.tensors
-        dataset = dataset.map(
-            lambda *element: sample(*element, tensors),
-            num_parallel_calls=AUTOTUNE,
-            name=name,
-        )
-        # tf.data's static graph rewrites serialize the dataset graph, and
-        # with it a copy of every captured tensor: the whole data set.
-        options = tf.data.Options()
-        options.experimental_optimization.apply_default_optimizations = False
-        # Parallel calls already use every core; one thread per op avoids
-        # splitting each gather across threads.
-        options.threading.max_intra_op_parallelism = 1
-        return dataset.with_options(options)
-
-
-def _member(t, classes, positions):
-    """Example index of the `positions`-th example of each of `classes`."""
-    return tf.gather(t["order"], tf.gather(t["offsets"], classes) + positions)
-
-
-def _to_tensor(array):
-    """`array` as a tensor holding one 64-byte-aligned copy of it.
-
-    `tf.convert_to_tensor` of a large numpy array holds two copies; a
-    numpy copy handed over through DLPack is the only one.
-    """
-    array = np.asarray(array)
-    if array.dtype.kind in "USO" or array.nbytes < 2**20:
-        return tf.constant(array)
-    buffer = np.empty(array.nbytes + 64, np.uint8)
-    start = -buffer.ctypes.data % 64
-    aligned = buffer[start : start + array.nbytes].view(array.dtype)
-    aligned = aligned.reshape(array.shape)
-    np.copyto(aligned, array)
-    try:
-        return tf.experimental.dlpack.from_dlpack(aligned.__dlpack__())
-    except Exception:  # a dtype DLPack cannot carry
-        return tf.convert_to_tensor(aligned)
-
-
-def _materialize(x, y):
-    """(examples tensor [N, ...], labels numpy [N]) from arrays or datasets."""
-    if isinstance(x, tf.data.Dataset):
-        if y is not None:
-            raise TypeError(
-                "Pass `y=None` when `x` is a tf.data.Dataset of (example, "
-                f"label). Received: y of type {type(y).__name__}"
-            )
-        spec = x.element_spec
-        if not isinstance(spec, tuple) or len(spec) != 2:
-            raise TypeError(
-                "A dataset `x` must yield (example, label) tuples. "
-                f"Received: element_spec={spec}"
-            )
-        if x.cardinality() == tf.data.INFINITE_CARDINALITY:
-            raise ValueError(
-                "`x` is an infinite dataset (did it end in `.repeat()`?); "
-                "it must be finite so it can be held once. "
-                "Received: cardinality=INFINITE"
-            )
-        # One pass in chunks; an UNKNOWN cardinality is counted by it.
-        chunks = list(x.batch(4096).as_numpy_iterator())
-        if not chunks:
-            raise ValueError("`x` is an empty dataset. Received: 0 elements")
-        x = np.concatenate([c[0] for c in chunks])
-        y = np.concatenate([c[1] for c in chunks])
-    elif y is None:
-        raise TypeError(
-            "`y` (labels [N]) is required when `x` is an array. "
-            f"Received: x of type {type(x).__name__}, y=None"
-        )
-    labels = np.asarray(y.numpy() if tf.is_tensor(y) else y)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise ValueError(
-            f"`y` must be labels [N]. Received: y.shape={labels.shape}"
-        )
-    examples = x if tf.is_tensor(x) else _to_tensor(x)
-    if examples.shape.rank == 0 or examples.shape[0] != len(labels):
-        raise ValueError(
-            "`x` and `y` must hold the same number of examples. Received: "
-            f"x.shape={tuple(examples.shape)}, y.shape={labels.shape}"
-        )
-    return examples, labels
-
-
-def _check_count(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int. Received: {value!r}")
-    if value < minimum:
-        raise ValueError(
-            f"`{name}` must be at least {minimum}. Received: {name}={value}"
-        )
-    return int(value)
-
-
-def _index(uniform, count):
-    """floor(uniform * count), clamped into [0, count - 1]."""
-    count = tf.cast(count, _INDEX)
-    scaled = tf.cast(uniform * tf.cast(count, uniform.dtype), _INDEX)
-    return tf.clip_by_value(scaled, 0, tf.maximum(count - 1, 0))
-
-
-def _seed_stream(seed, input_context=None):
-    """Endless stateless keys `[2]`, a new sequence on every pass (epoch),
-    and a different one for each input pipeline (worker)."""
-    if seed is not None and input_context is not None:
-        seed = seed * 1_000_003 + input_context.input_pipeline_id
-    stream = tf.data.Dataset.random(seed, rerandomize_each_iteration=True)
-    return stream.map(lambda r: tf.stack([r, tf.constant(0, tf.int64)]))
-
-
-def _load_and_batch(dataset, load_fn, batch_size, drop_remainder):
-    """Unbatch sampled rows, `load_fn` each example in parallel, re-batch."""
-    dataset = dataset.unbatch().map(load_fn, num_parallel_calls=AUTOTUNE)
-    if batch_size is None:
-        return dataset
-    return dataset.batch(batch_size, drop_remainder=drop_remainder)
-
-
-def _draw_pairs(t, tables, key, size, positive_fraction):
-    """Anchor and partner indices [size] and a similar-mask, in-graph."""
-    u = tf.random.stateless_uniform([6, size], key, dtype=tf.float64)
-    is_similar = u[0] < positive_fraction
-    anchor = partner = None
-    if positive_fraction > 0:
-        # A positive anchor comes from a class with >= 2 examples. Its
-        # partner is drawn from the other n - 1 members: draw j in [0, n-1)
-        # and skip the anchor's own rank, so partner != anchor.
-        pool = t["pool"]
-        anchor = tf.gather(pool, _index(u[1], tf.size(pool, _INDEX)))
-        cls = tf.gather(t["class_ids"], anchor)
-        j = _index(u[2], tf.gather(t["counts"], cls) - 1)
-        j += tf.cast(j >= tf.gather(t["rank"], anchor), _INDEX)
-        partner = _member(t, cls, j)
-    if positive_fraction < 1:
-        # A negative partner's class is drawn uniformly from the other
-        # C - 1 classes (the same skip trick), then a member of it.
-        negative = _index(u[3], tables.size)
-        cls = tf.gather(t["class_ids"], negative)
-        other = _index(u[4], tables.num_classes - 1)
-        other += tf.cast(other >= cls, _INDEX)
-        member = _index(u[5], tf.gather(t["counts"], other))
-        negative_partner = _member(t, other, member)
-        if anchor is None:
-            return negative, negative_partner, is_similar
-        anchor = tf.where(is_similar, anchor, negative)
-        partner = tf.where(is_similar, partner, negative_partner)
-    return anchor, partner, is_similar
 
 
 def make_pair_dataset(
@@ -284,8 +103,8 @@ def make_pair_dataset(
             f"Received: positive_fraction={positive_fraction}"
         )
     if batch_size is not None:
-        batch_size = _check_count("batch_size", batch_size)
-    tables = _Tables(x, y)
+        batch_size = check_count("batch_size", batch_size)
+    tables = Tables(x, y)
     if positive_fraction > 0 and not tables.has_positives:
         raise ValueError(
             "No class has 2 or more examples, so no similar pair exists; "
@@ -294,7 +113,7 @@ def make_pair_dataset(
         )
     pairs = tables.size
     if pairs_per_epoch is not None:
-        pairs = _check_count("pairs_per_epoch", pairs_per_epoch)
+        pairs = check_count("pairs_per_epoch", pairs_per_epoch)
     if input_context is not None:
         pipelines = input_context.num_input_pipelines
         pairs = -(-pairs // pipelines)
@@ -312,7 +131,7 @@ def make_pair_dataset(
     def draw(first_step, key, t):
         # Indices for `group` batches per call: sampling is many small ops,
         # so drawing thousands of pairs at once makes its cost negligible.
-        anchor, partner, is_similar = _draw_pairs(
+        anchor, partner, is_similar = draw_pairs(
             t, tables, key, group * size, positive_fraction
         )
         index = tf.stack([anchor, partner])  # [2, group * size]
@@ -335,13 +154,13 @@ def make_pair_dataset(
 
     dataset = tf.data.Dataset.zip(
         tf.data.Dataset.range(-(-steps // group)),
-        _seed_stream(seed, input_context),
+        seed_stream(seed, input_context),
     )
     dataset = tables.pipeline(dataset, draw, "draw_pairs").unbatch()
     dataset = tables.pipeline(dataset.take(steps), gather, "gather_pairs")
     if load_fn is not None:
         pair_fn = lambda xs, label: ((load_fn(xs[0]), load_fn(xs[1])), label)  # noqa: E731
-        dataset = _load_and_batch(dataset, pair_fn, batch_size, drop_remainder)
+        dataset = load_and_batch(dataset, pair_fn, batch_size, drop_remainder)
     elif batch_size is None:
         dataset = dataset.unbatch()
     # Unbatching hides the length; restore it for Keras progress bars.
@@ -394,9 +213,9 @@ def class_balanced_dataset(
     ...     x, y, classes_per_batch=3, examples_per_class=4, seed=0)
     >>> examples, labels = next(iter(batches))  # 12 examples, 3 classes
     """
-    classes_per_batch = _check_count("classes_per_batch", classes_per_batch)
-    per_class = _check_count("examples_per_class", examples_per_class)
-    tables = _Tables(x, y)
+    classes_per_batch = check_count("classes_per_batch", classes_per_batch)
+    per_class = check_count("examples_per_class", examples_per_class)
+    tables = Tables(x, y)
     if classes_per_batch > tables.num_classes:
         raise ValueError(
             "`classes_per_batch` must be at most the number of classes "
@@ -410,30 +229,31 @@ def class_balanced_dataset(
         keys = tf.random.experimental.stateless_split(key, 3)
         scores = tf.random.stateless_uniform([tables.num_classes], keys[0])
         classes = tf.math.top_k(scores, classes_per_batch).indices
-        classes = tf.cast(classes, _INDEX)
+        classes = tf.cast(classes, INDEX_DTYPE)
         counts = tf.gather(t["counts"], classes)[:, None]
         # Random keys on each class's valid positions, -1 elsewhere: the
         # top K positions are K distinct members (all n when n < K).
-        columns = tf.range(tables.max_count, dtype=_INDEX)
+        columns = tf.range(tables.max_count, dtype=INDEX_DTYPE)
         scores = tf.random.stateless_uniform(
             [classes_per_batch, tables.max_count], keys[1]
         )
         scores = tf.where(columns < counts, scores, -1.0)
-        ranks = tf.cast(tf.math.top_k(scores, distinct).indices, _INDEX)
+        ranks = tf.cast(tf.math.top_k(scores, distinct).indices, INDEX_DTYPE)
         ranks = tf.pad(ranks, [[0, 0], [0, per_class - distinct]])
         again = tf.random.stateless_uniform(
             [classes_per_batch, per_class], keys[2], dtype=tf.float64
         )
-        positions = tf.range(per_class, dtype=_INDEX)
-        ranks = tf.where(positions < counts, ranks, _index(again, counts))
+        positions = tf.range(per_class, dtype=INDEX_DTYPE)
+        redrawn = uniform_index(again, counts)
+        ranks = tf.where(positions < counts, ranks, redrawn)
         rows = tf.broadcast_to(classes[:, None], ranks.shape)
-        index = tf.reshape(_member(t, rows, ranks), [batch])
+        index = tf.reshape(class_member(t, rows, ranks), [batch])
         return tf.gather(t["examples"], index), tf.gather(t["labels"], index)
 
-    dataset = _seed_stream(seed, input_context)
+    dataset = seed_stream(seed, input_context)
     dataset = tables.pipeline(dataset, sample, "balanced")
     if load_fn is not None:
-        dataset = _load_and_batch(
+        dataset = load_and_batch(
             dataset, lambda e, label: (load_fn(e), label), batch, True
         )
     return dataset.prefetch(AUTOTUNE)
@@ -491,7 +311,7 @@ def augmented_views(
         )
     if not callable(augment):
         raise TypeError(f"`augment` must be callable. Received: {augment!r}")
-    views = _check_count("views", views, minimum=2)
+    views = check_count("views", views, minimum=2)
     try:
         takes_seed = "seed" in inspect.signature(augment).parameters
     except (TypeError, ValueError):
@@ -525,7 +345,7 @@ def augmented_views(
 
     indexed = tf.data.Dataset.zip(
         tf.data.Dataset.range(2**62),
-        _seed_stream(seed, input_context),
+        seed_stream(seed, input_context),
         dataset,
     )
     indexed = indexed.map(make_views, num_parallel_calls=AUTOTUNE, name="views")
