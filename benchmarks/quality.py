@@ -40,14 +40,16 @@ from keras_contrastive import trainer
 from keras_contrastive.data import make_pair_dataset
 from keras_contrastive.losses import ContrastiveLoss
 from keras_contrastive.models import SiameseModel
-from keras_contrastive.reporting import evaluate_encoder
+from keras_contrastive.reporting import balanced_threshold, evaluate_encoder
 
 # Options of our runs beyond the defaults (digits uses none).
 MNIST_OPTIONS = ["--holdout-fraction", "0", "--heldout-fraction", "0.1",
-                 "--epochs", "30"]
+                 "--instance-weight", "0", "--margin", "1.0",
+                 "--epochs", "100"]
 OMNIGLOT_OPTIONS = ["--x-key", "x28", "--groups-key", "alphabet",
-                    "--holdout-fraction", str(5 / 30), "--epochs", "40",
-                    "--examples-per-class", "4", "--few-shot-ways", "20"]
+                    "--holdout-fraction", "0.1667", "--instance-weight", "0",
+                    "--margin", "1.0", "--epochs", "110",
+                    "--steps-per-epoch", "100", "--examples-per-class", "4"]
 
 
 def keras_io_encoder(input_shape, rescaling):
@@ -152,9 +154,11 @@ def mnist(train_path, test_path, seed, work):
     started = time.time()
     encoder = train_baseline(*parts["train"], seed)
     validation = evaluate_encoder(encoder, *parts["heldout_examples"],
-                                  seed=seed)["metrics"]
+                                  seed=seed)
+    threshold = balanced_threshold(validation["distances"],
+                                   validation["pair_labels"])
     test = evaluate_encoder(encoder, x_test, y_test, seed=seed,
-                            threshold=validation["threshold"])["metrics"]
+                            threshold=threshold)["metrics"]
     baseline = {
         "wall_s": round(time.time() - started, 1),
         "test_balanced_accuracy": round(

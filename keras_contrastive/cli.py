@@ -106,22 +106,23 @@ def _train_options(train):
         "supervised NT-Xent (SupCon) through a projection head")
     train.add_argument("--miner", choices=MINERS, default="all",
                        help="pairs used by --loss batch (default all)")
-    train.add_argument("--margin", type=_positive_float, default=1.0,
+    train.add_argument("--margin", type=_positive_float, default=1.4,
                        help="distance beyond which negatives cost nothing "
-                       "(default 1.0)")
+                       "(default 1.4)")
     train.add_argument("--positive-margin", type=_non_negative_float,
                        default=0.0, help="distance within which positives "
                        "cost nothing (default 0.0)")
     train.add_argument("--temperature", type=_positive_float, default=0.1,
                        help="temperature of --loss ntxent (default 0.1)")
     train.add_argument(
-        "--instance-weight", type=_non_negative_float, default=0.0,
-        help="weight of an extra NT-Xent term between two augmented views "
-        "of each example (keeps what tells examples apart, which helps on "
-        "unseen classes; doubles the work per step; default 0: off)")
+        "--instance-weight", type=_non_negative_float, default=1.0,
+        help="--loss batch or ntxent: weight of an extra NT-Xent term "
+        "between two augmented views of each example (keeps what tells "
+        "examples apart, which helps on unseen classes; doubles the work "
+        "per step; default 1.0; 0: off)")
     train.add_argument("--instance-temperature", type=_positive_float,
-                       default=0.2, help="temperature of that term "
-                       "(default 0.2)")
+                       default=0.22, help="temperature of that term "
+                       "(default 0.22)")
     train.add_argument(
         "--instance-head", action=argparse.BooleanOptionalAction,
         default=False, help="apply that term through a projection head "
@@ -133,8 +134,8 @@ def _train_options(train):
     train.add_argument("--base-filters", type=_positive_int, default=32,
                        help="channels of the first CNN block, doubling per "
                        "stage up to 4x (default 32)")
-    train.add_argument("--embedding-dim", type=_positive_int, default=64,
-                       help="size of the embedding (default 64)")
+    train.add_argument("--embedding-dim", type=_positive_int, default=128,
+                       help="size of the embedding (default 128)")
     train.add_argument("--normalize", action=argparse.BooleanOptionalAction,
                        default=True, help="L2-normalise the embeddings")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction,
@@ -143,8 +144,8 @@ def _train_options(train):
     train.add_argument("--augment-strength", type=_non_negative_float,
                        default=1.0, help="scales the augmentation: 1.0 is "
                        "15 degrees, 10%% zoom and shift (default 1.0)")
-    train.add_argument("--epochs", type=_positive_int, default=20,
-                       help="passes of --steps-per-epoch steps (default 20)")
+    train.add_argument("--epochs", type=_positive_int, default=200,
+                       help="passes of --steps-per-epoch steps (default 200)")
     train.add_argument("--steps-per-epoch", type=_positive_int, default=None,
                        help="default: training examples / batch size")
     train.add_argument("--batch-size", type=_positive_int, default=128,
@@ -155,8 +156,8 @@ def _train_options(train):
     train.add_argument("--learning-rate", type=_positive_float, default=1e-3,
                        help="Adam learning rate (default 0.001)")
     train.add_argument("--lr-schedule", choices=SCHEDULES,
-                       default="constant", help="constant, or cosine decay "
-                       "to 0 over the run (default constant)")
+                       default="cosine", help="constant, or cosine decay "
+                       "to 0 over the run (default cosine)")
     train.add_argument(
         "--holdout-classes", type=int, nargs="+", default=None,
         help="class (or group) ids never trained on, evaluated as unseen")

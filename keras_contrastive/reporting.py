@@ -53,6 +53,32 @@ def pair_indices(y, seed: int, max_pairs: int = MAX_PAIRS):
     return first[keep], second[keep]
 
 
+def balanced_threshold(distances, pair_labels) -> float:
+    """The distance threshold with the best balanced accuracy.
+
+    Maximises ``(TPR + TNR) / 2`` (Youden's J), not plain accuracy: the
+    pairs of a labelled set are mostly dissimilar, and the plain-accuracy
+    threshold would then reject too many similar pairs of a balanced test.
+    Pair labels: 0 = similar. The threshold is midway between neighbouring
+    distances; a pair is similar when ``distance <= threshold``.
+    """
+    distances = np.asarray(distances, dtype=np.float64).reshape(-1)
+    similar = np.asarray(pair_labels).reshape(-1) == 0
+    order = np.argsort(distances, kind="stable")
+    sorted_distances, sorted_similar = distances[order], similar[order]
+    true_positive_rate = np.cumsum(sorted_similar) / max(1, similar.sum())
+    false_positive_rate = np.cumsum(~sorted_similar) / max(
+        1, (~similar).sum())
+    # Only cut between different distances.
+    last = np.append(sorted_distances[1:] != sorted_distances[:-1], True)
+    score = np.where(last, true_positive_rate - false_positive_rate, -np.inf)
+    best = int(np.argmax(score))
+    if best + 1 < len(sorted_distances):
+        return float((sorted_distances[best] + sorted_distances[best + 1])
+                     / 2)
+    return float(sorted_distances[best])
+
+
 def few_shot(embeddings, labels, *, ways: int, shots: int = 1,
              episodes: int = 1000, seed: int = 0,
              metric: str = "euclidean") -> Optional[Dict]:
@@ -138,7 +164,8 @@ def write_report(out: str, parts: dict, encoder, *, metric: str, seed: int,
     Parts with fewer than 2 classes, or no class with 2 examples, are
     skipped (listed under ``skipped_parts``). The threshold chosen on
     ``heldout_examples`` (validation pairs of the training classes) is
-    applied to the other parts, unless `threshold` is given (then it is
+    applied to the other parts (the one with the best balanced accuracy,
+    `balanced_threshold`), unless `threshold` is given (then it is
     applied to every part). Few-shot accuracy is measured on
     ``unseen_classes`` (or ``all``).
 
@@ -158,7 +185,8 @@ def write_report(out: str, parts: dict, encoder, *, metric: str, seed: int,
                               ("unseen_classes", "all") else None))
         report[name] = results[name]["metrics"]
         if name == "heldout_examples" and threshold is None:
-            threshold = report[name]["threshold"]
+            threshold = balanced_threshold(results[name]["distances"],
+                                           results[name]["pair_labels"])
             report["validation_threshold"] = threshold
     if plots and results:
         from keras_contrastive import visualization
