@@ -46,10 +46,13 @@ from keras_contrastive.reporting import balanced_threshold, evaluate_encoder
 MNIST_OPTIONS = ["--holdout-fraction", "0", "--heldout-fraction", "0.1",
                  "--instance-weight", "0", "--margin", "1.0",
                  "--epochs", "100"]
+# Omniglot: supervised NT-Xent (SupCon) on P x 4 batches; the margin loss
+# with the same budget reached 0.847 (110 epochs, 694 s).
 OMNIGLOT_OPTIONS = ["--x-key", "x28", "--groups-key", "alphabet",
                     "--holdout-fraction", "0.1667", "--instance-weight", "0",
-                    "--margin", "1.0", "--epochs", "110",
-                    "--steps-per-epoch", "100", "--examples-per-class", "4"]
+                    "--loss", "ntxent", "--temperature", "0.1",
+                    "--epochs", "80", "--steps-per-epoch", "100",
+                    "--examples-per-class", "4"]
 
 
 def keras_io_encoder(input_shape, rescaling):
