@@ -21,16 +21,12 @@ from keras_contrastive import datasets, evaluation
 from keras_contrastive.data import make_pair_dataset
 from keras_contrastive.losses import ContrastiveLoss
 from keras_contrastive.models import SiameseModel, build_encoder
+from keras_contrastive.reporting import pair_indices
 
 
 def random_pairs(y, count, rng):
-    """Index pairs, half of them similar, and their labels (0 = similar)."""
-    first = rng.integers(0, len(y), size=count)
-    second = rng.integers(0, len(y), size=count)
-    for i in np.flatnonzero(rng.random(count) < 0.5):
-        second[i] = rng.choice(np.flatnonzero(y == y[first[i]]))
-    keep = first != second
-    first, second = first[keep], second[keep]
+    """About `count` index pairs, half similar, labels 0 = similar."""
+    first, second = pair_indices(y, int(rng.integers(2**31)), max_pairs=count)
     return first, second, (y[first] != y[second]).astype("int64")
 
 
