@@ -1,10 +1,10 @@
 """Pieces shared by the losses: argument checks and the per-pair formula."""
 
-import math
-import numbers
 
 import keras
 from keras import ops
+
+from keras_contrastive._validation import check_number  # noqa: F401
 
 
 def resolve(identifier, registry: dict, *, argument: str, usage: str):
@@ -53,29 +53,6 @@ def is_concrete(x) -> bool:
 
         return not isinstance(x, jax.core.Tracer)
     return True
-
-
-def check_number(name: str, value, *, minimum=None, exclusive=False):
-    """Raise unless `value` is a finite real number (above `minimum`)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"`{name}` must be a number. Received: {name}={value!r} "
-            f"of type {type(value).__name__}"
-        )
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite. Received: {name}={value}")
-    if minimum is not None:
-        if exclusive and value <= minimum:
-            raise ValueError(
-                f"`{name}` must be greater than {minimum}. "
-                f"Received: {name}={value}"
-            )
-        if not exclusive and value < minimum:
-            raise ValueError(
-                f"`{name}` must be at least {minimum}. "
-                f"Received: {name}={value}"
-            )
-    return float(value)
 
 
 def check_margins(margin, positive_margin):

@@ -11,22 +11,11 @@ from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
+from keras_contrastive._validation import check_integer
+
 _METRICS = ("euclidean", "squared_euclidean", "cosine")
 # Distance blocks hold about this many float64 values (64 MiB).
 _BLOCK_VALUES = 1 << 23
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < minimum
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def _check_metric(metric) -> str:
@@ -147,7 +136,7 @@ def retrieval_metrics(
     ks = (k,) if isinstance(k, numbers.Integral) else tuple(k)
     if not ks:
         raise ValueError(f"`k` must not be empty. Received: k={k!r}")
-    ks = tuple(_check_int("k", value) for value in ks)
+    ks = tuple(check_integer("k", value) for value in ks)
     same_source = reference is None
     if same_source:
         ref, ref_labels = queries, labels
@@ -171,7 +160,7 @@ def retrieval_metrics(
     num_ref = len(ref) - (1 if same_source else 0)
     if chunk_size is None:
         chunk_size = max(1, _BLOCK_VALUES // max(len(ref), 1))
-    chunk_size = _check_int("chunk_size", chunk_size)
+    chunk_size = check_integer("chunk_size", chunk_size)
 
     # R per query: references with the same label, minus the query itself.
     classes, ref_counts = np.unique(ref_labels, return_counts=True)
@@ -297,10 +286,10 @@ def few_shot_accuracy(
     embeddings, labels = _check_embeddings("embeddings", embeddings,
                                            "labels", labels)
     metric = _check_metric(metric)
-    ways = _check_int("ways", ways, minimum=2)
-    shots = _check_int("shots", shots)
-    queries_per_class = _check_int("queries_per_class", queries_per_class)
-    episodes = _check_int("episodes", episodes)
+    ways = check_integer("ways", ways, minimum=2)
+    shots = check_integer("shots", shots)
+    queries_per_class = check_integer("queries_per_class", queries_per_class)
+    episodes = check_integer("episodes", episodes)
     if classifier not in ("nearest", "prototype"):
         raise ValueError(
             "`classifier` must be 'nearest' or 'prototype'. "

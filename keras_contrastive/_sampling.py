@@ -136,16 +136,6 @@ def materialize(x, y):
     return examples, labels
 
 
-def check_count(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int. Received: {value!r}")
-    if value < minimum:
-        raise ValueError(
-            f"`{name}` must be at least {minimum}. Received: {name}={value}"
-        )
-    return int(value)
-
-
 def uniform_index(uniform, count):
     """floor(uniform * count), clamped into [0, count - 1]."""
     count = tf.cast(count, INDEX_DTYPE)

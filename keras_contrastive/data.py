@@ -14,7 +14,6 @@ from keras_contrastive._common import check_number, check_similar_label
 from keras_contrastive._sampling import (
     INDEX_DTYPE,
     Tables,
-    check_count,
     class_member,
     draw_pairs,
     load_and_batch,
@@ -22,6 +21,7 @@ from keras_contrastive._sampling import (
     uniform_index,
 )
 from keras_contrastive._tf import tf
+from keras_contrastive._validation import check_integer
 
 AUTOTUNE = tf.data.AUTOTUNE
 _CHUNK = 1024  # pairs per gather when `batch_size=None` (then unbatched)
@@ -103,7 +103,7 @@ def make_pair_dataset(
             f"Received: positive_fraction={positive_fraction}"
         )
     if batch_size is not None:
-        batch_size = check_count("batch_size", batch_size)
+        batch_size = check_integer("batch_size", batch_size)
     tables = Tables(x, y)
     if positive_fraction > 0 and not tables.has_positives:
         raise ValueError(
@@ -113,7 +113,7 @@ def make_pair_dataset(
         )
     pairs = tables.size
     if pairs_per_epoch is not None:
-        pairs = check_count("pairs_per_epoch", pairs_per_epoch)
+        pairs = check_integer("pairs_per_epoch", pairs_per_epoch)
     if input_context is not None:
         pipelines = input_context.num_input_pipelines
         pairs = -(-pairs // pipelines)
@@ -213,8 +213,8 @@ def class_balanced_dataset(
     ...     x, y, classes_per_batch=3, examples_per_class=4, seed=0)
     >>> examples, labels = next(iter(batches))  # 12 examples, 3 classes
     """
-    classes_per_batch = check_count("classes_per_batch", classes_per_batch)
-    per_class = check_count("examples_per_class", examples_per_class)
+    classes_per_batch = check_integer("classes_per_batch", classes_per_batch)
+    per_class = check_integer("examples_per_class", examples_per_class)
     tables = Tables(x, y)
     if classes_per_batch > tables.num_classes:
         raise ValueError(
@@ -311,7 +311,7 @@ def augmented_views(
         )
     if not callable(augment):
         raise TypeError(f"`augment` must be callable. Received: {augment!r}")
-    views = check_count("views", views, minimum=2)
+    views = check_integer("views", views, minimum=2)
     try:
         takes_seed = "seed" in inspect.signature(augment).parameters
     except (TypeError, ValueError):

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from keras_contrastive import distances
+from keras_contrastive._validation import check_integer
 from keras_contrastive.layers import PairDistance
 from keras_contrastive.losses import ContrastiveLoss
 
@@ -199,24 +200,8 @@ def build_encoder(
         Image Recognition. ICML Deep Learning Workshop 2015.
     """
     shape = _check_input_shape(input_shape)
-    if (
-        isinstance(embedding_dim, bool)
-        or not isinstance(embedding_dim, numbers.Integral)
-        or embedding_dim < 1
-    ):
-        raise ValueError(
-            "`embedding_dim` must be a positive integer. "
-            f"Received: embedding_dim={embedding_dim!r}"
-        )
-    if (
-        isinstance(base_filters, bool)
-        or not isinstance(base_filters, numbers.Integral)
-        or base_filters < 1
-    ):
-        raise ValueError(
-            "`base_filters` must be a positive integer. "
-            f"Received: base_filters={base_filters!r}"
-        )
+    embedding_dim = check_integer("embedding_dim", embedding_dim)
+    base_filters = check_integer("base_filters", base_filters)
     is_backbone = isinstance(architecture, keras.layers.Layer)
     if not is_backbone:
         if not isinstance(architecture, str):
@@ -336,15 +321,7 @@ class SiameseModel(keras.Model):
         Returns:
             numpy array `[N, D]`.
         """
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, numbers.Integral)
-            or batch_size < 1
-        ):
-            raise ValueError(
-                "`batch_size` must be a positive integer. "
-                f"Received: batch_size={batch_size!r}"
-            )
+        batch_size = check_integer("batch_size", batch_size)
         expected = tuple(self.encoder.inputs[0].shape[1:])
         shape = getattr(x, "shape", None)
         if shape is not None and tuple(shape[1:]) != expected:
@@ -354,7 +331,7 @@ class SiameseModel(keras.Model):
                 f"{tuple(shape)}"
             )
         return np.asarray(
-            self.encoder.predict(x, batch_size=int(batch_size), verbose=0)
+            self.encoder.predict(x, batch_size=batch_size, verbose=0)
         )
 
     def compile(self, optimizer="adam", loss="auto", **kwargs):

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from keras_contrastive._validation import check_integer
 from keras_contrastive.evaluation import check_pairs
 
 _MAX_LEGEND_CLASSES = 20
@@ -87,12 +88,7 @@ def plot_distance_histogram(
     distances, similar = check_pairs(distances, pair_labels, similar_label)
     threshold = _check_optional_number("threshold", threshold)
     margin = _check_optional_number("margin", margin)
-    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or (
-        bins < 1
-    ):
-        raise ValueError(
-            f"`bins` must be a positive integer. Received: bins={bins!r}"
-        )
+    bins = check_integer("bins", bins)
     figure = _new_figure((6.4, 4.0))
     axes = figure.add_subplot()
     low, high = (float(distances.min()), float(distances.max())) if len(
@@ -220,15 +216,7 @@ def plot_embeddings(
             f"`method` must be 'pca' or 'tsne'. Received: method={method!r}"
         )
     if max_points is not None:
-        if (
-            isinstance(max_points, bool)
-            or not isinstance(max_points, numbers.Integral)
-            or max_points < 2
-        ):
-            raise ValueError(
-                "`max_points` must be an integer >= 2 or None. "
-                f"Received: max_points={max_points!r}"
-            )
+        max_points = check_integer("max_points", max_points, minimum=2)
         if len(x) > max_points:
             keep = np.random.default_rng(seed).choice(
                 len(x), max_points, replace=False
