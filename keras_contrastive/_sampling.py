@@ -61,7 +61,41 @@ class Tables:
         # Parallel calls already use every core; one thread per op avoids
         # splitting each gather across threads.
         options.threading.max_intra_op_parallelism = 1
+        # AUTOTUNE then means one call per core from the first batch: the
+        # autotuner's ramp-up and bookkeeping cost 5-10% of short epochs
+        # (MNIST-sized, where each epoch starts a new iterator). A user's
+        # `with_options` can turn it back on.
+        options.autotune.enabled = False
         return dataset.with_options(options)
+
+
+def check_dtype(dtype):
+    """`dtype` as a numeric `tf.DType`, or None; TypeError otherwise."""
+    if dtype is None:
+        return None
+    try:
+        resolved = tf.as_dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or not (resolved.is_floating or resolved.is_integer):
+        raise TypeError(
+            "`dtype` must be a numeric dtype such as 'float32', or None to "
+            f"keep the examples' own dtype. Received: dtype={dtype!r}"
+        )
+    return resolved
+
+
+def cast_to(examples, dtype):
+    """`examples` cast to `dtype` (None: unchanged), after the gather, so
+    the held copy keeps its compact dtype (uint8 images: 4x smaller)."""
+    if dtype is None or examples.dtype == dtype:
+        return examples
+    if not (examples.dtype.is_floating or examples.dtype.is_integer):
+        raise TypeError(
+            f"`dtype={dtype.name}` casts numeric examples; these are "
+            f"{examples.dtype.name} (cast inside `load_fn` instead)"
+        )
+    return tf.cast(examples, dtype)
 
 
 def class_member(t, classes, positions):

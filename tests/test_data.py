@@ -150,6 +150,59 @@ def test_lazy_file_paths_with_load_fn(tmp_path):
     )
 
 
+def test_dtype_casts_each_batch_and_keeps_the_held_copy_compact():
+    x = np.arange(20 * 3, dtype="uint8").reshape(20, 3)
+    y = np.arange(20) % 4
+    pairs = make_pair_dataset(x, y, batch_size=8, seed=0, dtype="float32")
+    plain = make_pair_dataset(x, y, batch_size=8, seed=0)
+    assert pairs.element_spec[0][0].dtype == tf.float32
+    assert plain.element_spec[0][0].dtype == tf.uint8
+    for ((a, b), label), ((a8, b8), label8) in zip(pairs, plain):
+        # The same pairs, the same values, only the dtype differs.
+        np.testing.assert_array_equal(a.numpy(), a8.numpy().astype("f4"))
+        np.testing.assert_array_equal(b.numpy(), b8.numpy().astype("f4"))
+        np.testing.assert_array_equal(label, label8)
+    batches = class_balanced_dataset(
+        x,
+        y,
+        classes_per_batch=2,
+        examples_per_class=3,
+        seed=0,
+        dtype="float16",
+    )
+    examples, labels = next(iter(batches))
+    assert examples.dtype == tf.float16 and examples.shape == (6, 3)
+    np.testing.assert_array_equal(examples.numpy()[:, 0] // 3 % 4, labels)
+
+
+def test_dtype_applies_after_load_fn_and_rejects_non_numeric():
+    paths, labels = np.array([str(i) for i in range(8)]), np.arange(8) % 2
+
+    def load_fn(path):
+        return tf.strings.to_number(path, tf.int32)
+
+    pairs = make_pair_dataset(
+        paths, labels, batch_size=4, seed=0, load_fn=load_fn, dtype="float64"
+    )
+    (a, b), pair_label = next(iter(pairs))
+    assert a.dtype == tf.float64 and b.dtype == tf.float64
+    np.testing.assert_array_equal(pair_label == 0, a % 2 == b % 2)
+    for bad in ("string", "bool", object()):
+        with pytest.raises(TypeError, match="dtype"):
+            make_pair_dataset(np.zeros(4), [0, 0, 1, 1], dtype=bad)
+    with pytest.raises(TypeError, match="dtype"):
+        class_balanced_dataset(
+            np.zeros(4),
+            [0, 0, 1, 1],
+            classes_per_batch=2,
+            examples_per_class=1,
+            dtype="complex64",
+        )
+    # Strings cannot be cast: the error says to cast inside `load_fn`.
+    with pytest.raises(TypeError, match="load_fn"):
+        make_pair_dataset(paths, labels, batch_size=4, dtype="float32")
+
+
 def test_model_fit_on_pairs():
     from keras_contrastive.layers import PairDistance
     from keras_contrastive.losses import ContrastiveLoss
