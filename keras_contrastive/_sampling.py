@@ -42,6 +42,7 @@ class Tables:
             order=index(order),
             offsets=index(offsets),
             counts=index(counts),
+            float_counts=tf.constant(counts, tf.float64),
             rank=index(rank),
             pool=index(pool),
         )
@@ -171,10 +172,12 @@ def materialize(x, y):
 
 
 def uniform_index(uniform, count):
-    """floor(uniform * count), clamped into [0, count - 1]."""
-    count = tf.cast(count, INDEX_DTYPE)
-    scaled = tf.cast(uniform * tf.cast(count, uniform.dtype), INDEX_DTYPE)
-    return tf.clip_by_value(scaled, 0, tf.maximum(count - 1, 0))
+    """floor(uniform * count): a uniform index in [0, count) for float64
+    `uniform` in [0, 1) (stateless_uniform's float64 values are at most
+    1 - 2**-52, so the product stays below any count under 2**51)."""
+    if not isinstance(count, (int, float)):
+        count = tf.cast(count, tf.float64)
+    return tf.cast(uniform * count, INDEX_DTYPE)
 
 
 def seed_stream(seed, input_context=None):
@@ -195,8 +198,13 @@ def load_and_batch(dataset, load_fn, batch_size, drop_remainder):
 
 
 def draw_pairs(t, tables, key, size, positive_fraction):
-    """Anchor and partner indices [size] and a similar-mask, in-graph."""
-    u = tf.random.stateless_uniform([6, size], key, dtype=tf.float64)
+    """Anchor and partner indices [size] and a similar-mask, in-graph.
+
+    Kept to few ops: each new iterator (each Keras epoch) instantiates
+    this function again, at a cost that grows with its op count.
+    """
+    uniform = tf.random.stateless_uniform([6, size], key, dtype=tf.float64)
+    u = tf.unstack(uniform)
     is_similar = u[0] < positive_fraction
     anchor = partner = None
     if positive_fraction > 0:
@@ -204,10 +212,9 @@ def draw_pairs(t, tables, key, size, positive_fraction):
         # partner is drawn from the other n - 1 members: draw j in [0, n-1)
         # and skip the anchor's own rank, so partner != anchor.
         pool = t["pool"]
-        size = tf.size(pool, INDEX_DTYPE)
-        anchor = tf.gather(pool, uniform_index(u[1], size))
+        anchor = tf.gather(pool, uniform_index(u[1], int(pool.shape[0])))
         cls = tf.gather(t["class_ids"], anchor)
-        j = uniform_index(u[2], tf.gather(t["counts"], cls) - 1)
+        j = uniform_index(u[2], tf.gather(t["float_counts"], cls) - 1.0)
         j += tf.cast(j >= tf.gather(t["rank"], anchor), INDEX_DTYPE)
         partner = class_member(t, cls, j)
     if positive_fraction < 1:
@@ -217,7 +224,7 @@ def draw_pairs(t, tables, key, size, positive_fraction):
         cls = tf.gather(t["class_ids"], negative)
         other = uniform_index(u[4], tables.num_classes - 1)
         other += tf.cast(other >= cls, INDEX_DTYPE)
-        member = uniform_index(u[5], tf.gather(t["counts"], other))
+        member = uniform_index(u[5], tf.gather(t["float_counts"], other))
         negative_partner = class_member(t, other, member)
         if anchor is None:
             return negative, negative_partner, is_similar

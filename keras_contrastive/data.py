@@ -142,25 +142,21 @@ def make_pair_dataset(
         anchor, partner, is_similar = draw_pairs(
             t, tables, key, group * size, positive_fraction
         )
-        index = tf.stack([anchor, partner])  # [2, group * size]
-        index = tf.reshape(
-            tf.transpose(tf.reshape(index, [2, group, size]), [1, 0, 2]),
-            [group, 2 * size],
-        )
+        index = tf.reshape(tf.stack([anchor, partner]), [2, group, size])
+        index = tf.transpose(index, [1, 0, 2])  # [group, 2, size]
         label = tf.where(is_similar, similar_label, dissimilar_label)
         step = first_step * group + tf.range(group, dtype=tf.int64)
         return step, index, tf.reshape(label, [group, size])
 
     def gather(step, index, label, t):
-        n = size
         if not static:  # only the last batch of an epoch is short
             n = tf.minimum(pairs - step * size, size)
-            index = tf.concat([index[:n], index[size : size + n]], 0)
-            label = label[:n]
-        both = tf.gather(t["examples"], index)  # one gather per batch
+            index, label = index[:, :n], label[:n]
+        # One gather per batch, [2, n, ...]; unstacking shares its buffer.
+        both = tf.gather(t["examples"], index)
         if load_fn is None:
             both = cast_to(both, dtype)
-        return (both[:n], both[n:]), label
+        return tuple(tf.unstack(both)), label
 
     dataset = tf.data.Dataset.zip(
         tf.data.Dataset.range(-(-steps // group)),
