@@ -20,6 +20,7 @@ MINERS = ("all", "pair_margin", "batch_hard", "semi_hard")
 LOSSES = ("pair", "batch", "ntxent")
 METRICS = ("euclidean", "squared_euclidean", "cosine")
 ENCODERS = ("cnn", "mlp")
+POOLINGS = ("auto", "average", "flatten")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 SCHEDULES = ("constant", "cosine")
 
@@ -121,8 +122,8 @@ def _train_options(train):
         "examples apart, which helps on unseen classes; doubles the work "
         "per step; default 1.0; 0: off)")
     train.add_argument("--instance-temperature", type=_positive_float,
-                       default=0.22, help="temperature of that term "
-                       "(default 0.22)")
+                       default=0.235, help="temperature of that term "
+                       "(default 0.235)")
     train.add_argument(
         "--instance-head", action=argparse.BooleanOptionalAction,
         default=False, help="apply that term through a projection head "
@@ -134,6 +135,11 @@ def _train_options(train):
     train.add_argument("--base-filters", type=_positive_int, default=32,
                        help="channels of the first CNN block, doubling per "
                        "stage up to 4x (default 32)")
+    train.add_argument(
+        "--pooling", choices=POOLINGS, default="auto",
+        help="how the CNN's last feature map becomes a vector: average, "
+        "flatten, or auto (default: flatten a map of at most 4x4, as 8x8 "
+        "digits give; average a larger one)")
     train.add_argument("--embedding-dim", type=_positive_int, default=128,
                        help="size of the embedding (default 128)")
     train.add_argument("--normalize", action=argparse.BooleanOptionalAction,

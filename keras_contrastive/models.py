@@ -7,124 +7,25 @@ input scaling inside the model so a saved encoder accepts raw arrays.
 their distance through `keras_contrastive.layers.PairDistance`.
 """
 
-import math
-import numbers
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import keras
 import numpy as np
 
 from keras_contrastive import distances
+from keras_contrastive._encoders import (
+    ARCHITECTURES,
+    POOLINGS,
+    Rescaling,
+    backbone_body,
+    check_input_shape,
+    cnn_body,
+    mlp_body,
+    rescaling_layer,
+)
 from keras_contrastive._validation import check_integer
 from keras_contrastive.layers import PairDistance
 from keras_contrastive.losses import ContrastiveLoss
-
-_ARCHITECTURES = ("cnn", "mlp")
-# The CNN downsamples until the feature map is about this size, at most
-# `_MAX_STAGES` times: 8x8 gets one stage, 28x28 two, 32x32 three, 105x105
-# four, so every size from 8 to 105 (and beyond) ends in a small map.
-_TARGET_SIDE = 4
-_MAX_STAGES = 4
-_MLP_UNITS = (256, 256)
-
-Rescaling = Union[None, float, Sequence[float], keras.layers.Layer]
-
-
-def _check_input_shape(input_shape) -> tuple:
-    try:
-        shape = tuple(input_shape)
-    except TypeError:
-        shape = None
-    if (
-        shape is None
-        or not shape
-        or any(
-            isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
-            for d in shape
-        )
-    ):
-        raise ValueError(
-            "`input_shape` must be a tuple of positive integers without the "
-            "batch axis, such as (28, 28), (28, 28, 1) or (32, 32, 3). "
-            f"Received: input_shape={input_shape!r}"
-        )
-    return tuple(int(d) for d in shape)
-
-
-def _rescaling_layer(rescaling: Rescaling) -> Optional[keras.layers.Layer]:
-    if rescaling is None:
-        return None
-    if isinstance(rescaling, keras.layers.Layer):
-        return rescaling
-    if isinstance(rescaling, numbers.Real) and not isinstance(rescaling, bool):
-        return keras.layers.Rescaling(float(rescaling), name="rescaling")
-    if (
-        isinstance(rescaling, (tuple, list))
-        and len(rescaling) == 2
-        and all(isinstance(v, numbers.Real) for v in rescaling)
-    ):
-        scale, offset = rescaling
-        return keras.layers.Rescaling(
-            float(scale), float(offset), name="rescaling"
-        )
-    raise TypeError(
-        "`rescaling` must be None, a number (scale), a pair (scale, offset) "
-        "or a Keras layer such as an adapted keras.layers.Normalization. "
-        f"Received: rescaling={rescaling!r}"
-    )
-
-
-def _conv_block(x, filters: int, name: str):
-    x = keras.layers.Conv2D(
-        filters, 3, padding="same", use_bias=False, name=f"{name}_conv"
-    )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
-    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
-
-
-def _cnn(x, base_filters: int):
-    height, width = x.shape[1], x.shape[2]
-    side = min(height, width)
-    stages = 0
-    if side >= 2 * _TARGET_SIDE:
-        stages = min(_MAX_STAGES, int(math.log2(side / _TARGET_SIDE)))
-    filters = base_filters
-    for stage in range(stages):
-        x = _conv_block(x, filters, f"stage{stage + 1}")
-        x = keras.layers.MaxPooling2D(2, name=f"stage{stage + 1}_pool")(x)
-        filters = min(filters * 2, 4 * base_filters)
-    x = _conv_block(x, filters, "top")
-    return keras.layers.GlobalAveragePooling2D(name="pool")(x)
-
-
-def _mlp(x):
-    x = keras.layers.Flatten(name="flatten")(x)
-    for i, units in enumerate(_MLP_UNITS):
-        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
-    return x
-
-
-def _backbone(x, backbone: keras.layers.Layer):
-    expected = getattr(backbone, "input_shape", None)
-    if isinstance(expected, tuple) and len(expected) == len(x.shape):
-        channels = expected[-1]
-        if channels == 3 and x.shape[-1] == 1:
-            # A colour backbone on grey images: repeat the channel.
-            x = keras.layers.Concatenate(name="grey_to_rgb")([x, x, x])
-        for want, got in zip(expected[1:], x.shape[1:]):
-            if want is not None and want != got:
-                raise ValueError(
-                    "The backbone passed as `architecture` expects inputs of "
-                    f"shape {expected[1:]}, but the encoder gives it "
-                    f"{tuple(x.shape[1:])}. Build the backbone with "
-                    "input_shape matching `input_shape`."
-                )
-    x = backbone(x)
-    if len(x.shape) == 4:
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    elif len(x.shape) != 2:
-        x = keras.layers.Flatten(name="flatten")(x)
-    return x
 
 
 def build_encoder(
@@ -135,6 +36,7 @@ def build_encoder(
     normalize: bool = False,
     rescaling: Rescaling = None,
     base_filters: int = 32,
+    pooling: str = "auto",
     name: str = "encoder",
 ) -> keras.Model:
     """Build a network that maps one input to one embedding.
@@ -148,14 +50,15 @@ def build_encoder(
       (``base_filters`` channels, doubling, at most ``4 * base_filters``),
       as many as bring the smaller side down to about 4 pixels (8x8: one,
       28x28: two, 32x32: three, 105x105 and larger: four), then one more
-      conv block and global average pooling. Grey or colour, any size.
+      conv block and `pooling`. Grey or colour, any size.
     * ``"mlp"``: flatten and two Dense(256, ReLU) layers (vectors or
       images).
     * a Keras model or layer (a backbone such as
       ``keras.applications.MobileNetV2(weights=None, include_top=False,
-      input_shape=...)``): its feature map is average-pooled (or flattened)
-      and projected to `embedding_dim`. A grey input given to a backbone
-      that expects 3 channels is repeated to 3 channels.
+      input_shape=...)``): its feature map is pooled as `pooling` says
+      (other outputs are flattened) and projected to `embedding_dim`. A
+      grey input given to a backbone that expects 3 channels is repeated
+      to 3 channels.
 
     The output is linear (no activation): the loss measures distances in
     this space. A 2-D `input_shape` ``(H, W)`` for ``"cnn"`` or a backbone
@@ -177,6 +80,14 @@ def build_encoder(
             such as a ``keras.layers.Normalization(axis=None)`` adapted on
             the training data.
         base_filters: channels of the first CNN block.
+        pooling: how the last feature map becomes a vector:
+            ``"average"`` (global average pooling), ``"flatten"``, or
+            ``"auto"`` (default): for ``"cnn"``, flatten a map of at most
+            16 positions (the 4x4 map of 8x8 digits, where averaging
+            discards where the strokes are) and average a larger one (the
+            7x7 of 28x28 images); for a backbone, average. On digits,
+            flattening raised held-out and unseen-class ROC-AUC together
+            (docs/cli.md).
         name: name of the model.
 
     Returns:
@@ -199,22 +110,27 @@ def build_encoder(
         Koch, Zemel, Salakhutdinov. Siamese Neural Networks for One-shot
         Image Recognition. ICML Deep Learning Workshop 2015.
     """
-    shape = _check_input_shape(input_shape)
+    shape = check_input_shape(input_shape)
     embedding_dim = check_integer("embedding_dim", embedding_dim)
     base_filters = check_integer("base_filters", base_filters)
     is_backbone = isinstance(architecture, keras.layers.Layer)
     if not is_backbone:
         if not isinstance(architecture, str):
             raise TypeError(
-                f"`architecture` must be one of {list(_ARCHITECTURES)} or a "
+                f"`architecture` must be one of {list(ARCHITECTURES)} or a "
                 "Keras model. Received: architecture="
                 f"{architecture!r} of type {type(architecture).__name__}"
             )
-        if architecture not in _ARCHITECTURES:
+        if architecture not in ARCHITECTURES:
             raise ValueError(
                 f"Unknown `architecture`: {architecture!r}. Valid names are "
-                f"{list(_ARCHITECTURES)}, or pass a Keras model as backbone."
+                f"{list(ARCHITECTURES)}, or pass a Keras model as backbone."
             )
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"Unknown `pooling`: {pooling!r}. Valid names are "
+            f"{list(POOLINGS)}."
+        )
     image_body = is_backbone or architecture == "cnn"
     if image_body and len(shape) not in (2, 3):
         raise ValueError(
@@ -225,15 +141,15 @@ def build_encoder(
     x = inputs
     if image_body and len(shape) == 2:
         x = keras.layers.Reshape(shape + (1,), name="add_channel")(x)
-    scale = _rescaling_layer(rescaling)
+    scale = rescaling_layer(rescaling)
     if scale is not None:
         x = scale(x)
     if is_backbone:
-        x = _backbone(x, architecture)
+        x = backbone_body(x, architecture, pooling)
     elif architecture == "cnn":
-        x = _cnn(x, int(base_filters))
+        x = cnn_body(x, int(base_filters), pooling)
     else:
-        x = _mlp(x)
+        x = mlp_body(x)
     x = keras.layers.Dense(int(embedding_dim), name="embedding")(x)
     if normalize:
         x = keras.layers.UnitNormalization(name="unit_normalization")(x)

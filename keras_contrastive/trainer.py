@@ -143,7 +143,8 @@ def run_training(args, *, verbose: int = 1) -> dict:
         encoder = build_encoder(
             x.shape[1:], embedding_dim=args.embedding_dim,
             architecture=args.encoder, normalize=args.normalize,
-            rescaling=default_rescaling(x), base_filters=args.base_filters)
+            rescaling=default_rescaling(x), base_filters=args.base_filters,
+            pooling=args.pooling)
         model = compile_model(args, encoder, strategy,
                               args.epochs * steps_per_epoch(args, len(y_train)))
     dataset, steps = training_data(args, x_train, train_labels)

@@ -88,6 +88,8 @@ def test_saved_models_load_and_agree(digits_run):
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
     encoder = keras.saving.load_model(os.path.join(out, "encoder.keras"))
     assert isinstance(model, SiameseModel)
+    # --pooling auto: the 4x4 map of 8x8 digits is flattened.
+    assert isinstance(encoder.get_layer("pool"), keras.layers.Flatten)
     x = load("digits").x[:16]
     np.testing.assert_allclose(model.embed(x), encoder.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
@@ -117,7 +119,8 @@ def test_npz_uint8_with_groups(tmp_path, capsys):
     out = str(tmp_path / "run")
     status, _, err = run(["train", "--data", path, "--x-key", "pixels",
                           "--groups-key", "alphabet", "--holdout-fraction",
-                          "0.25", "--out", out, "--loss", "pair", *FAST],
+                          "0.25", "--out", out, "--loss", "pair",
+                          "--pooling", "flatten", *FAST],
                          capsys)
     assert status == 0, err
     with open(os.path.join(out, "report.json")) as handle:
@@ -125,6 +128,8 @@ def test_npz_uint8_with_groups(tmp_path, capsys):
     assert report["unseen_classes"]["num_classes"] == 3  # one whole group
     encoder = keras.saving.load_model(os.path.join(out, "encoder.keras"))
     assert encoder.get_layer("rescaling").scale == pytest.approx(1 / 255)
+    # 12x12 ends in a 6x6 map, which auto would average; flatten asked.
+    assert isinstance(encoder.get_layer("pool"), keras.layers.Flatten)
     assert encoder.predict(x[:4], verbose=0).shape == (4, 128)
 
 

@@ -34,6 +34,35 @@ def test_cnn_downsampling_adapts_to_size():
     assert [pools((s, s)) for s in (8, 28, 32, 105)] == [1, 2, 3, 4]
 
 
+def _pooled_features(model):
+    layer = model.get_layer("pool")
+    return type(layer).__name__, layer.output.shape[-1]
+
+
+def test_pooling_auto_flattens_small_maps_and_averages_larger_ones():
+    # 8x8 ends in a 4x4 map of 16 channels (8, doubled): flattened.
+    small = build_encoder((8, 8), base_filters=8)
+    assert _pooled_features(small) == ("Flatten", 4 * 4 * 16)
+    # 28x28 ends in 7x7 (49 positions): averaged over them, 32 channels.
+    large = build_encoder((28, 28), base_filters=8)
+    assert _pooled_features(large) == ("GlobalAveragePooling2D", 32)
+    forced = build_encoder((8, 8), base_filters=8, pooling="average")
+    assert _pooled_features(forced) == ("GlobalAveragePooling2D", 16)
+    flat = build_encoder((28, 28), base_filters=8, pooling="flatten")
+    assert _pooled_features(flat) == ("Flatten", 7 * 7 * 32)
+
+
+def test_pooling_auto_averages_a_backbone_map():
+    backbone = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, strides=4)],
+        name="backbone",
+    )
+    encoder = build_encoder((8, 8, 3), architecture=backbone)
+    assert _pooled_features(encoder) == ("GlobalAveragePooling2D", 4)
+    flat = build_encoder((8, 8, 3), architecture=backbone, pooling="flatten")
+    assert _pooled_features(flat) == ("Flatten", 2 * 2 * 4)
+
+
 def test_mlp_encoder_and_normalize():
     encoder = build_encoder((64,), architecture="mlp", embedding_dim=8,
                             normalize=True)
@@ -82,6 +111,7 @@ def test_backbone_shape_mismatch_is_clear():
         (dict(input_shape=(8, 8), architecture=3), TypeError, "architecture"),
         (dict(input_shape=(64,)), ValueError, "input_shape"),
         (dict(input_shape=(8, 8), rescaling="255"), TypeError, "rescaling"),
+        (dict(input_shape=(8, 8), pooling="max"), ValueError, "pooling"),
     ],
 )
 def test_build_encoder_bad_input(kwargs, error, match):
