@@ -285,6 +285,7 @@ def augmented_views(
     *,
     views: int = 2,
     seed: Optional[int] = None,
+    with_labels: bool = False,
     input_context: Optional[tf.distribute.InputContext] = None,
 ) -> tf.data.Dataset:
     """Each example becomes `views` augmented copies sharing a sample id.
@@ -299,8 +300,8 @@ def augmented_views(
 
     Args:
         dataset: a `tf.data.Dataset` of batches `x` `[B, ...]` or tuples
-            starting with `x` (the rest is dropped); batch it with
-            `drop_remainder=True` for static shapes.
+            starting with `x` (the rest is dropped unless `with_labels`);
+            batch it with `drop_remainder=True` for static shapes.
         augment: a function or Keras preprocessing layer `[B, ...] ->
             [B, ...]`, random per example. If it takes a `seed` argument,
             it gets a stateless seed (int64 `[2]`, for
@@ -308,13 +309,18 @@ def augmented_views(
             runs replay; Keras layers use their own `seed`.
         views: copies per example, at least 2.
         seed: seeds the stateless `augment` seeds; `None` passes none.
+        with_labels: keep the class labels of `(x, labels)` batches (e.g.
+            from `class_balanced_dataset`), for a class loss plus an
+            instance term: the targets are then `[views*B, 2]` rows
+            ``(label, sample id)``. Labels must be integers.
         input_context: the `tf.distribute.InputContext` of
             `strategy.distribute_datasets_from_function`: ids stay unique
             across input pipelines.
 
     Returns:
         A `tf.data.Dataset` of `(views_x [views*B, ...], ids [views*B])`,
-        ids int32.
+        ids int32; with `with_labels`, `(views_x, targets [views*B, 2])`
+        int32.
 
     Example:
     >>> import numpy as np, tensorflow as tf
@@ -342,6 +348,13 @@ def augmented_views(
         pipelines = input_context.num_input_pipelines
         pipeline = input_context.input_pipeline_id
     spec = dataset.element_spec
+    if with_labels:
+        labelled = isinstance(spec, tuple) and len(spec) >= 2
+        if not labelled or not spec[1].dtype.is_integer:
+            raise TypeError(
+                "`with_labels=True` needs a dataset of (x, labels) batches "
+                f"with integer labels. Received: element_spec={spec}"
+            )
     if isinstance(spec, tuple):
         spec = spec[0]
     stride = spec.shape[0] if spec.shape.rank and spec.shape[0] else 4096
@@ -361,7 +374,11 @@ def augmented_views(
         flat = tf.reshape(stacked, tf.concat([[-1], shape[2:]], 0))
         base = ((step * pipelines + pipeline) % cycle) * stride
         ids = tf.cast(base + tf.range(shape[0], dtype=tf.int64), tf.int32)
-        return flat, tf.repeat(ids, views)
+        ids = tf.repeat(ids, views)
+        if not with_labels:
+            return flat, ids
+        labels = tf.repeat(tf.cast(element[1], tf.int32), views)
+        return flat, tf.stack([labels, ids], axis=1)
 
     indexed = tf.data.Dataset.zip(
         tf.data.Dataset.range(2**62),

@@ -108,24 +108,16 @@ def training_data(args, x, y):
                 num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE), steps
 
-    def two_views(images, labels):
-        # [a1, a2, b1, b2, ...]; targets (class, sample id) per row.
-        copies = [augment(images) if augment is not None
-                  else tf.cast(images, "float32") for _ in range(2)]
-        stacked = tf.stack(copies, axis=1)
-        shape = tf.shape(stacked)
-        flat = tf.reshape(stacked, tf.concat([[-1], shape[2:]], 0))
-        ids = tf.range(shape[0], dtype=labels.dtype)
-        targets = tf.stack([tf.repeat(labels, 2), tf.repeat(ids, 2)], 1)
-        return flat, targets
-
-    dataset = dataset.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE), steps
+    if augment is None:  # --no-augment: two identical views
+        augment = lambda images: tf.cast(images, "float32")  # noqa: E731
+    dataset = pipelines.augmented_views(dataset, augment, with_labels=True)
+    return dataset, steps
 
 
 class _WithInstanceLoss(keras.losses.Loss):
     """A class loss plus ``weight`` x NT-Xent between two views of each
-    example: ``y_true`` is `[B, 2]`, (class label, sample id) per row.
+    example: ``y_true`` is `[B, 2]`, (class label, sample id) per row, as
+    `augmented_views(..., with_labels=True)` yields.
 
     The instance term keeps what tells single examples apart, which the
     class term alone would collapse; that is what transfers to classes

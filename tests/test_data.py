@@ -340,6 +340,36 @@ def test_augmented_views_share_ids_and_differ():
     np.testing.assert_array_equal(again[0], views)
 
 
+def test_augmented_views_with_labels_keeps_class_and_sample_id():
+    x = np.random.rand(24, 3).astype("float32")
+    y = np.arange(24) % 6
+    batches = class_balanced_dataset(
+        x, y, classes_per_batch=3, examples_per_class=2, seed=0
+    )
+    dataset = augmented_views(
+        batches, lambda b: b * 2.0, views=2, with_labels=True
+    )
+    seen = set()
+    for views, targets in dataset.take(3):
+        targets = targets.numpy()
+        assert views.shape == (12, 3) and targets.shape == (12, 2)
+        assert targets.dtype == np.int32
+        labels, ids = targets[:, 0], targets[:, 1]
+        np.testing.assert_array_equal(ids, np.repeat(ids[::2], 2))
+        # Each row's label is the class of the example it is a view of.
+        rows = [int(np.flatnonzero(np.all(x * 2.0 == v, 1))[0])
+                for v in views.numpy()]
+        np.testing.assert_array_equal(labels, y[rows])
+        assert not seen & set(ids)  # ids unique across steps too
+        seen |= set(ids)
+    with pytest.raises(TypeError, match="with_labels"):
+        augmented_views(tf.data.Dataset.from_tensor_slices(x).batch(4),
+                        lambda b: b, with_labels=True)
+    strings = tf.data.Dataset.from_tensor_slices((x, y.astype(str)))
+    with pytest.raises(TypeError, match="integer labels"):
+        augmented_views(strings.batch(4), lambda b: b, with_labels=True)
+
+
 def test_augmented_views_with_keras_layer_fit_and_replicas():
     images = np.random.rand(16, 4, 4, 1).astype("float32")
     source = tf.data.Dataset.from_tensor_slices(images).batch(8)
