@@ -178,6 +178,11 @@ def _train_options(train):
     train.add_argument("--strategy", choices=STRATEGIES, default="auto",
                        help="tf.distribute strategy (default auto: TPU, "
                        "several GPUs, TF_CONFIG workers, or one device)")
+    train.add_argument(
+        "--deterministic", action="store_true",
+        help="bit-identical repeat runs with the same --seed (TensorFlow's "
+        "op determinism, for the whole process); can be slower, and a "
+        "GPU op without a deterministic kernel then fails")
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard logs to <out>/logs")
     train.add_argument("--quiet", action="store_true",

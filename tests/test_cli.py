@@ -209,3 +209,25 @@ def test_bad_input_is_one_line(digits_run, tmp_path, capsys):
         assert len(err) == 1 and "error:" in err[0], (case, err)
     assert (full / "something.txt").read_text() == "keep me"
     assert not (tmp_path / "one").exists()  # nothing created on failure
+
+
+def test_deterministic_runs_repeat_exactly(tmp_path):
+    # In subprocesses: op determinism is switched on for a whole process.
+    # Without --deterministic, such runs end with different losses (the
+    # augmentation's random draws race in parallel tf.data maps).
+    import subprocess
+    import sys
+
+    def history(name):
+        out = str(tmp_path / name)
+        subprocess.run(
+            [sys.executable, "-m", "keras_contrastive", "train", "--out", out,
+             "--epochs", "2", "--few-shot-episodes", "20", "--quiet",
+             "--deterministic"],
+            check=True, capture_output=True, timeout=240)
+        with open(os.path.join(out, "history.csv")) as handle:
+            return handle.read()
+
+    first = history("first")
+    assert len(first.strip().splitlines()) == 3  # header and 2 epochs
+    assert history("second") == first
