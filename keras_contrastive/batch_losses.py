@@ -16,72 +16,13 @@ from keras import ops
 from keras_contrastive import distances, mining
 from keras_contrastive._all_pairs import all_pairs_loss, xla_on_tensorflow
 from keras_contrastive._common import check_margins, check_number, margin_loss
-from keras_contrastive.distances import _unit_rows, compute_dtype
-
-
-def _check_embeddings(embeddings):
-    x = ops.convert_to_tensor(embeddings)
-    if len(x.shape) != 2:
-        raise ValueError(
-            "`embeddings` (y_pred) must be a batch of vectors [B, D]. "
-            f"Received: embeddings.shape={tuple(x.shape)}"
-        )
-    return ops.cast(x, compute_dtype(x))
-
-
-def _check_labels(labels, batch_size):
-    labels = mining._as_label_vector(labels, "labels")
-    if None not in (labels.shape[0], batch_size) and (
-        labels.shape[0] != batch_size
-    ):
-        raise ValueError(
-            "`labels` (y_true) must hold one label per embedding. Received: "
-            f"{labels.shape[0]} labels for {batch_size} embeddings"
-        )
-    return labels
-
-
-class _Batch:
-    """Anchors, their candidates (local or gathered) and pair masks."""
-
-    def __init__(self, x, labels, cross_replica):
-        self.x, self.labels, self.distributed = x, labels, None
-        if cross_replica and keras.backend.backend() == "tensorflow":
-            from keras_contrastive import distribute
-
-            if distribute._replica_context_or_none() is not None:
-                self.distributed = distribute
-        self.size = ops.shape(x)[0]
-        if self.distributed is not None:
-            self.ref_labels = distribute.cross_replica_concat(labels)
-            self.size = ops.shape(self.ref_labels)[0]
-
-    def masks(self):
-        """Positive and negative masks `[B, M]`, self-pairs excluded."""
-        if self.distributed is None:
-            return mining.pair_masks(self.labels)
-        positive, negative = mining.pair_masks(self.labels, self.ref_labels)
-        rows = ops.arange(ops.shape(self.x)[0]) + ops.cast(
-            self.distributed._replica_offset(self.x), "int32"
-        )
-        not_self = ops.not_equal(
-            ops.expand_dims(rows, 1), ops.expand_dims(ops.arange(self.size), 0)
-        )
-        return (ops.logical_and(positive, not_self),
-                ops.logical_and(negative, not_self))
-
-    def candidates(self, tensor):
-        """`tensor` of the whole (global) batch."""
-        if self.distributed is None:
-            return tensor
-        return self.distributed.cross_replica_concat(tensor)
-
-    def total(self, value):
-        """Sum of a scalar over all replicas (no gradient)."""
-        value = ops.stop_gradient(value)
-        if self.distributed is None:
-            return value
-        return ops.sum(self.candidates(ops.reshape(value, [1])))
+from keras_contrastive._in_batch import (
+    Batch,
+    InBatchLoss,
+    check_embeddings,
+    check_labels,
+)
+from keras_contrastive.distances import _unit_rows
 
 
 def _rank_hardest(x, others, positive, negative, ranking):
@@ -175,12 +116,12 @@ def batch_contrastive_loss(
     miner_function = mining.get(miner)
     metric_function = distances.get(metric)
     mining.check_thresholds(pos_threshold, neg_threshold)
-    x = _check_embeddings(embeddings)
-    labels = _check_labels(labels, x.shape[0])
+    x = check_embeddings(embeddings)
+    labels = check_labels(labels, x.shape[0])
     formula = dict(
         margin=margin, positive_margin=positive_margin, squared=squared
     )
-    batch = _Batch(x, labels, cross_replica)
+    batch = Batch(x, labels, cross_replica)
     miner_name, metric_name = mining.name_of(miner), distances.name_of(metric)
     if batch.distributed is None and miner_name == "all" and metric_name:
         # A fused path with a hand-written gradient (one extra matmul).
@@ -283,9 +224,9 @@ def nt_xent_loss(
     temperature = check_number(
         "temperature", temperature, minimum=0.0, exclusive=True
     )
-    x = _check_embeddings(embeddings)
-    labels = _check_labels(labels, x.shape[0])
-    batch = _Batch(x, labels, cross_replica)
+    x = check_embeddings(embeddings)
+    labels = check_labels(labels, x.shape[0])
+    batch = Batch(x, labels, cross_replica)
     z = _unit_rows(x)
     inverse = ops.cast(1.0 / temperature, x.dtype)
     logits = ops.matmul(z, ops.transpose(batch.candidates(z))) * inverse
@@ -305,22 +246,8 @@ def nt_xent_loss(
     return ops.where(count > 0, log_denominator - mean_positive, 0.0)
 
 
-class _InBatchLoss(keras.losses.Loss):
-    _function = None
-    _fields = ()
-
-    def call(self, y_true, y_pred):
-        options = {name: getattr(self, name) for name in self._fields}
-        return type(self)._function(y_true, y_pred, **options)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({name: getattr(self, name) for name in self._fields})
-        return config
-
-
 @keras.saving.register_keras_serializable(package="keras_contrastive")
-class BatchContrastiveLoss(_InBatchLoss):
+class BatchContrastiveLoss(InBatchLoss):
     """Margin contrastive loss over the mined pairs of each batch.
 
     `y_true` holds class labels `[B]`, `y_pred` embeddings `[B, D]`. Every
@@ -392,7 +319,7 @@ class BatchContrastiveLoss(_InBatchLoss):
 
 
 @keras.saving.register_keras_serializable(package="keras_contrastive")
-class NTXentLoss(_InBatchLoss):
+class NTXentLoss(InBatchLoss):
     """NT-Xent (SimCLR) / SupCon loss over each batch, as a Keras `Loss`.
 
     `y_true` holds sample ids `[B]` (two views of an example share an id;
