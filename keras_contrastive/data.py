@@ -312,7 +312,7 @@ def augmented_views(
         with_labels: keep the class labels of `(x, labels)` batches (e.g.
             from `class_balanced_dataset`), for a class loss plus an
             instance term: the targets are then `[views*B, 2]` rows
-            ``(label, sample id)``. Labels must be integers.
+            ``(label, sample id)``; labels must be integers (cast to int32).
         input_context: the `tf.distribute.InputContext` of
             `strategy.distribute_datasets_from_function`: ids stay unique
             across input pipelines.
