@@ -15,7 +15,7 @@ import sys
 from typing import Optional, Sequence
 
 # Names only, so that parsing needs no TensorFlow; tests/test_cli.py checks
-# they match keras_contrastive.mining.MINERS.
+# they match the library's (mining.MINERS, the encoders and poolings).
 MINERS = ("all", "pair_margin", "batch_hard", "semi_hard")
 LOSSES = ("pair", "batch", "ntxent")
 METRICS = ("euclidean", "squared_euclidean", "cosine")

@@ -162,16 +162,24 @@ def test_miner_names_match_the_library():
     assert tuple(cli.MINERS) == tuple(MINERS)
 
 
+def test_encoder_and_pooling_names_match_the_library():
+    from keras_contrastive._encoders import ARCHITECTURES, POOLINGS
+
+    assert tuple(cli.ENCODERS) == ARCHITECTURES
+    assert tuple(cli.POOLINGS) == POOLINGS
+
+
 @pytest.mark.parametrize("argv", [
     ["train", "--loss", "nope"],
     ["train", "--miner", "nope"],
     ["train", "--encoder", "resnet"],
+    ["train", "--pooling", "max"],
     ["train", "--epochs", "0"],
     ["train", "--margin", "abc"],
     ["train", "--margin", "0.5", "--positive-margin", "0.5"],
     ["frobnicate"],
-], ids=["loss", "miner", "encoder", "epochs", "margin", "positive_margin",
-        "command"])
+], ids=["loss", "miner", "encoder", "pooling", "epochs", "margin",
+        "positive_margin", "command"])
 def test_bad_option_is_one_line(argv, capsys):
     status, _, err = run(argv, capsys)
     assert status == 2
